@@ -1,0 +1,24 @@
+"""The code-context dataset: completion points in real Python projects with context chunks of known relevance.
+
+    from deltalens.context import load_params, build, load
+    ds, seconds = build(load_params("params/dataset/default.yaml"))
+    ds = load("data/processed/context")          # validated on load
+    ds.sample(0)                                  # one sample with its chunks
+
+Modules: ``sources`` (projects on disk), ``analysis`` (ast: imports -> definitions -> uses per line), ``build``
+(samples, chunks, splits, manifest), ``schema`` (columns, prompt assembly, validation, atomic save, load),
+``jsonl`` (user data), ``long_code_arena`` (JetBrains' LCA adapter), ``verify`` (ground-truth re-verification),
+``stats`` (tables for the notebook). Command line: ``python -m deltalens.context --help``.
+"""
+
+from .build import BuildParams, ParamsError, build, build_dataset, load_params, manifest_params_match
+from .jsonl import JSONLError, load_jsonl, write_jsonl
+from .schema import CATEGORIES, ContextDataset, SchemaError, assemble_prompt, load, save, validate
+from .sources import SourceError
+
+__all__ = [
+    "BuildParams", "ParamsError", "build", "build_dataset", "load_params", "manifest_params_match",
+    "JSONLError", "load_jsonl", "write_jsonl",
+    "CATEGORIES", "ContextDataset", "SchemaError", "assemble_prompt", "load", "save", "validate",
+    "SourceError",
+]

@@ -1,0 +1,21 @@
+"""Project paths: everything is resolved against the repository root, so notebooks work from
+JupyterLab (cwd = notebooks/) and from papermill / make (cwd = repository root)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The nearest directory at or above ``start`` (default: cwd) that holds ``pyproject.toml``."""
+    here = Path(start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "pyproject.toml").is_file():
+            return candidate
+    raise FileNotFoundError(f"no pyproject.toml at or above {here}: run from inside the deltalens checkout")
+
+
+def resolve(path: str | Path, root: str | Path | None = None) -> Path:
+    """``path`` if absolute, else ``path`` relative to the project root."""
+    p = Path(path)
+    return p if p.is_absolute() else project_root(root) / p

@@ -1,0 +1,100 @@
+"""Figures: Δ map, token diagram, ROC curves, training curve. Each returns a matplotlib Figure; ``save`` writes PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+IMPORTANT_COLOR = "#f5c518"
+
+
+def save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def delta_map(delta: np.ndarray, tokens: np.ndarray, important: np.ndarray, title: str = "") -> plt.Figure:
+    """Δ of one sequence and one layer: token position down, every Δ channel across (no averaging).
+
+    Rows of important tokens are marked in yellow on the left edge."""
+    L, D = delta.shape
+    fig, ax = plt.subplots(figsize=(min(14, 3 + D / 16), min(12, 2 + L / 6)))
+    sns.heatmap(delta, ax=ax, cmap="viridis", cbar_kws={"label": "Δ"}, xticklabels=max(1, D // 16), yticklabels=False)
+    for t in np.flatnonzero(important):
+        ax.add_patch(plt.Rectangle((-max(1, D / 40), t), max(1, D / 40), 1, color=IMPORTANT_COLOR, clip_on=False))
+    ax.set_yticks(np.arange(L) + 0.5)
+    ax.set_yticklabels([f"{i}:{tok}" for i, tok in enumerate(tokens)], fontsize=6)
+    ax.set_xlabel("Δ channel (d_inner)")
+    ax.set_ylabel("position:token (yellow = important)")
+    ax.set_title(title)
+    return fig
+
+
+def token_diagram(delta: np.ndarray, tokens: np.ndarray, important: np.ndarray, title: str = "") -> plt.Figure:
+    """Three aligned rows: tokens (important highlighted), mean Δ per token, max Δ per token."""
+    L = len(tokens)
+    fig, axes = plt.subplots(3, 1, figsize=(min(16, 2 + L / 4), 5), sharex=True, gridspec_kw={"height_ratios": [1, 2, 2]})
+    ax = axes[0]
+    for i, tok in enumerate(tokens):
+        ax.add_patch(plt.Rectangle((i - 0.5, 0), 1, 1, color=IMPORTANT_COLOR if important[i] else "#eeeeee", ec="white"))
+        ax.text(i, 0.5, str(tok), ha="center", va="center", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_yticks([])
+    ax.set_ylabel("token")
+    colors = [IMPORTANT_COLOR if imp else "#4c72b0" for imp in important]
+    axes[1].bar(np.arange(L), delta.mean(1), color=colors)
+    axes[1].set_ylabel("mean Δ")
+    axes[2].bar(np.arange(L), delta.max(1), color=colors)
+    axes[2].set_ylabel("max Δ")
+    axes[2].set_xlabel("position")
+    axes[2].set_xlim(-0.5, L - 0.5)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str = "") -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for name, (fpr, tpr, a) in curves.items():
+        style = "--" if name.startswith(("control", "CatBoost control")) else "-"
+        ax.plot(fpr, tpr, style, label=f"{name} (AUC {a:.3f})", lw=1.2)
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(fontsize=6, loc="lower right")
+    return fig
+
+
+def training_curve(curve: pd.DataFrame, target: float, title: str = "") -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.semilogy(curve.step, curve.train_loss, lw=0.6, alpha=0.6, label="train batch")
+    ev = curve.dropna(subset=["eval_loss"])
+    ax.semilogy(ev.step, ev.eval_loss, "o-", ms=2, label="held-out")
+    ax.axhline(target, color="red", ls="--", lw=0.8, label=f"target {target:.0e}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("answer cross-entropy")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def auc_bars(aucs: pd.DataFrame, probes: pd.DataFrame, population: str, title: str = "") -> plt.Figure:
+    """Δ-score AUCs per layer next to the control and probe AUCs for one population."""
+    sub = aucs[aucs.population == population].dropna(subset=["auc"])
+    pr = probes[probes.population == population].dropna(subset=["auc"])
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    if len(sub):
+        sns.barplot(data=sub, x="score", y="auc", hue="layer", ax=ax)
+    for i, (_, r) in enumerate(pr.iterrows()):
+        ax.axhline(r.auc, ls=["--", ":", "-.", "-"][i % 4], lw=1, color=f"C{i + 4}", label=f"{r.features}: {r.auc:.3f}")
+    ax.set_ylim(0.0, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=6, loc="lower right")
+    return fig

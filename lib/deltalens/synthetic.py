@@ -1,0 +1,341 @@
+"""Part 1 of the study, as functions the notebook calls: parameters -> trained model -> Δ -> metrics.
+
+The questions, per layer and per Δ score, on held-out sequences:
+  * population ``context``: over all context tokens (noise and data), does Δ rank important tokens first?
+  * population ``data``: over the content tokens only, does Δ rank the important ones first? For Selective Copying
+    every data token is important (undefined, reported as NaN); for Query Copying only the query can tell.
+and what the controls (token identity; CatBoost on the token and its short-conv window) achieve on the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .capture import capture_delta
+from .metrics import auc, bootstrap_auc, catboost_probe, roc
+from .models import ModelConfig, TinyMambaLM
+from .params import ParameterError, check_int, check_keys
+from .scores import DELTA_SCORES, delta_scores, identity_rate, window_features
+from .tasks import Task, TaskBatch, make_task
+from .train import TrainConfig, TrainResult, evaluate, train
+
+POPULATIONS = ("context", "data")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    n_train_sequences: int = 256  # sequences whose tokens train the probes (never seen in training the model)
+    n_test_sequences: int = 256  # held-out sequences for every reported number
+    catboost_iterations: int = 200
+    window: int = -1  # tokens of context for the control; -1 = the model's d_conv - 1 (its short-conv window)
+    length_multipliers: tuple[int, ...] = (1, 4)  # accuracy at these multiples of the training length
+    bootstrap: int = 200  # bootstrap resamples (of sequences) for AUC intervals; 0 = none
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("n_train_sequences", "n_test_sequences", "catboost_iterations"):
+            check_int(name, getattr(self, name), minimum=2, where="analysis")
+        check_int("window", self.window, minimum=-1, where="analysis")
+        check_int("bootstrap", self.bootstrap, minimum=0, where="analysis")
+        check_int("seed", self.seed, minimum=0, where="analysis")
+        if not isinstance(self.length_multipliers, (list, tuple)) or not self.length_multipliers:
+            raise ParameterError(f"analysis: parameter length_multipliers={self.length_multipliers!r}; allowed: a non-empty list of integers >= 1")
+        for m in self.length_multipliers:
+            check_int("length_multipliers[]", m, minimum=1, where="analysis")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    task: Task
+    model: ModelConfig
+    train: TrainConfig
+    analysis: AnalysisConfig
+    checkpoint_root: str
+    figures_root: str
+
+    @property
+    def figures_dir(self) -> Path:
+        from .paths import resolve
+
+        return resolve(self.figures_root) / self.name
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "experiment": self.name,
+            "task": self.task.params(),
+            "model": asdict(self.model),
+            "train": asdict(self.train),
+            "analysis": asdict(self.analysis),
+        }
+
+
+def make_experiment(
+    experiment: str,
+    task: str,
+    task_params: dict | None = None,
+    model: dict | None = None,
+    train: dict | None = None,
+    analysis: dict | None = None,
+    checkpoint_root: str = "data/models/synthetic",
+    figures_root: str = "reports/figures/synthetic",
+) -> Experiment:
+    """Validate every parameter (as papermill passes them) before anything is trained."""
+    if not isinstance(experiment, str) or not experiment or "/" in experiment:
+        raise ParameterError(f"parameter experiment={experiment!r}; allowed: a non-empty name without '/'")
+    t = make_task(task, **check_keys("task_params", task_params or {}, _task_keys(task)))
+    m = check_keys("model", model or {}, [f for f in ModelConfig.__dataclass_fields__ if f != "vocab_size"])
+    tr = check_keys("train", train or {}, TrainConfig.__dataclass_fields__)
+    an = dict(check_keys("analysis", analysis or {}, AnalysisConfig.__dataclass_fields__))
+    if "length_multipliers" in an and isinstance(an["length_multipliers"], list):
+        an["length_multipliers"] = tuple(an["length_multipliers"])
+    return Experiment(
+        name=experiment,
+        task=t,
+        model=ModelConfig(vocab_size=t.vocab_size, **m),
+        train=TrainConfig(**tr),
+        analysis=AnalysisConfig(**an),
+        checkpoint_root=checkpoint_root,
+        figures_root=figures_root,
+    )
+
+
+def _task_keys(task: str) -> list[str]:
+    from .tasks import TASKS
+
+    if task not in TASKS:
+        raise ParameterError(f"task={task!r} is unknown; allowed: {sorted(TASKS)}")
+    return [f.metadata.get("alias", f.name) for f in TASKS[task].__dataclass_fields__.values()]
+
+
+def train_experiment(exp: Experiment, progress: bool = True) -> TrainResult:
+    from .paths import resolve
+
+    return train(exp.task, exp.model, exp.train, checkpoint_root=resolve(exp.checkpoint_root), progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeltaSet:
+    """Held-out sequences with their Δ: ``delta`` is (n_layers, B, L, d_inner)."""
+
+    batch: TaskBatch
+    delta: torch.Tensor
+
+    def scores(self) -> dict[str, torch.Tensor]:  # name -> (n_layers, B, L)
+        return delta_scores(self.delta)
+
+
+@torch.no_grad()
+def delta_on(model: TinyMambaLM, batch: TaskBatch, chunk: int = 128) -> DeltaSet:
+    model.eval()
+    parts = []
+    for s in range(0, batch.inputs.shape[0], chunk):
+        with capture_delta(model) as rec:
+            model(batch.inputs[s : s + chunk])
+        parts.append(rec.stacked())
+    return DeltaSet(batch, torch.cat(parts, dim=1))
+
+
+def sample_sets(exp: Experiment) -> tuple[TaskBatch, TaskBatch]:
+    """Probe-training and test sequences, from generators disjoint from the model's training stream."""
+    a = exp.analysis
+    g = torch.Generator().manual_seed(1_000_003 * (a.seed + 1))
+    return exp.task.sample(a.n_train_sequences, g), exp.task.sample(a.n_test_sequences, g)
+
+
+def accuracy_by_length(model: TinyMambaLM, exp: Experiment) -> pd.DataFrame:
+    rows = []
+    for mult in exp.analysis.length_multipliers:
+        task = exp.task.with_seq_len(exp.task.seq_len * mult)
+        batch = task.sample(exp.analysis.n_test_sequences, torch.Generator().manual_seed(77 + mult))
+        r = evaluate(model, batch, chunk=64)
+        rows.append({"length_multiplier": mult, "seq_len": task.total_len, **r})
+    return pd.DataFrame(rows)
+
+
+def _population(batch: TaskBatch, name: str) -> torch.Tensor:
+    return batch.context if name == "context" else batch.data
+
+
+def _flat(x: torch.Tensor | np.ndarray, mask: torch.Tensor) -> np.ndarray:
+    x = torch.as_tensor(x)
+    return x[mask].numpy() if x.dim() == mask.dim() else x[mask].reshape(int(mask.sum()), -1).numpy()
+
+
+def auc_table(test: DeltaSet, exp: Experiment) -> pd.DataFrame:
+    """ROC-AUC of every Δ score, per layer and population, with bootstrap intervals over sequences."""
+    scores = test.scores()
+    seq_id = torch.arange(test.batch.inputs.shape[0])[:, None].expand_as(test.batch.inputs)
+    rows = []
+    for pop in POPULATIONS:
+        mask = _population(test.batch, pop)
+        y = _flat(test.batch.important, mask)
+        groups = _flat(seq_id, mask)
+        for name in DELTA_SCORES:
+            for layer in range(scores[name].shape[0]):
+                s = _flat(scores[name][layer], mask)
+                value = auc(y, s)
+                lo, hi = bootstrap_auc(y, s, groups, n=exp.analysis.bootstrap) if exp.analysis.bootstrap and not np.isnan(value) else (np.nan, np.nan)
+                rows.append({"population": pop, "layer": layer, "score": name, "auc": value, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows)
+
+
+def roc_curves(test: DeltaSet, probes: dict[str, Any], population: str = "context") -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """name -> (fpr, tpr, auc) for each Δ score and layer, plus the control and probe scores."""
+    mask = _population(test.batch, population)
+    y = _flat(test.batch.important, mask)
+    out = {}
+    for name, per_layer in test.scores().items():
+        for layer in range(per_layer.shape[0]):
+            s = _flat(per_layer[layer], mask)
+            if not np.isnan(auc(y, s)):
+                out[f"layer {layer} Δ {name}"] = (*roc(y, s), auc(y, s))
+    for name, proba in probes.get(population, {}).items():
+        if not np.isnan(auc(y, proba)):
+            out[name] = (*roc(y, proba), auc(y, proba))
+    return out
+
+
+def probe_table(train_set: DeltaSet, test: DeltaSet, exp: Experiment) -> tuple[pd.DataFrame, dict[str, dict[str, np.ndarray]]]:
+    """CatBoost on Δ features vs on control features (token + short-conv window), per population.
+
+    Returns the table and, per population, the held-out probabilities of each probe (for ROC curves)."""
+    window = exp.model.d_conv - 1 if exp.analysis.window < 0 else exp.analysis.window
+    rows, probas = [], {}
+    for pop in POPULATIONS:
+        m_tr, m_te = _population(train_set.batch, pop), _population(test.batch, pop)
+        y_tr, y_te = _flat(train_set.batch.important, m_tr), _flat(test.batch.important, m_te)
+        d_tr = _flat(train_set.delta.permute(1, 2, 0, 3), m_tr)  # (tokens, n_layers * d_inner)
+        d_te = _flat(test.delta.permute(1, 2, 0, 3), m_te)
+        w_tr = _flat(window_features(train_set.batch.inputs, window), m_tr)
+        w_te = _flat(window_features(test.batch.inputs, window), m_te)
+        ident = identity_rate(_flat(train_set.batch.inputs, m_tr), y_tr, _flat(test.batch.inputs, m_te), exp.task.vocab_size)
+        probas[pop] = {"control: P(important | token)": ident}
+        rows.append({"population": pop, "features": "control: token identity rate", "accuracy": np.nan, "auc": auc(y_te, ident), "majority_accuracy": np.nan})
+        cat_w = list(range(w_tr.shape[1]))
+        feature_sets = {
+            f"CatBoost on Δ ({d_tr.shape[1]} channels)": (d_tr, d_te, None),
+            f"CatBoost control: token + {window} previous": (w_tr, w_te, cat_w),
+            "CatBoost on Δ + control": (
+                np.concatenate([w_tr, d_tr], 1).astype(object), np.concatenate([w_te, d_te], 1).astype(object), cat_w,
+            ),
+        }
+        for name, (xtr, xte, cats) in feature_sets.items():
+            if cats is not None and xtr.dtype == object:  # mixed: categorical ids must be ints, Δ floats
+                xtr, xte = _mixed_frame(xtr, len(cats)), _mixed_frame(xte, len(cats))
+            r = catboost_probe(xtr, y_tr, xte, y_te, cat_features=cats, iterations=exp.analysis.catboost_iterations, seed=exp.analysis.seed)
+            probas[pop][name] = r.proba
+            rows.append({"population": pop, "features": name, "accuracy": r.accuracy, "auc": r.auc, "majority_accuracy": r.majority_accuracy})
+    return pd.DataFrame(rows), probas
+
+
+def _mixed_frame(x: np.ndarray, n_cat: int) -> pd.DataFrame:
+    df = pd.DataFrame(x)
+    for c in df.columns:
+        df[c] = df[c].astype("int64") if c < n_cat else df[c].astype("float64")
+    return df
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def collect_metrics(exp: Experiment, result: TrainResult, acc: pd.DataFrame, aucs: pd.DataFrame, probes: pd.DataFrame) -> dict[str, Any]:
+    """One flat, JSON-ready record of the experiment: parameters, training outcome, accuracies, AUCs, probes."""
+    import catboost
+    import mambapy  # noqa: F401
+
+    best = {}
+    for pop in POPULATIONS:
+        sub = aucs[(aucs.population == pop) & aucs.auc.notna()]
+        if len(sub):
+            top = sub.loc[sub.auc.idxmax()]
+            best[pop] = {"layer": int(top.layer), "score": top.score, "auc": float(top.auc)}
+    return {
+        "experiment": exp.name,
+        "params": exp.params(),
+        "n_parameters": result.model.n_parameters(),
+        "training": {
+            "reached_target": result.reached_target,
+            "target_loss": exp.train.target_loss,
+            "steps": result.steps,
+            "seconds": round(result.seconds, 2),
+            "final_eval_loss": result.final_eval_loss,
+            "reused_checkpoint": result.reused,
+        },
+        "accuracy": acc.to_dict(orient="records"),
+        "delta_auc": aucs.to_dict(orient="records"),
+        "best_delta_auc": best,
+        "probes": probes.to_dict(orient="records"),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "catboost": catboost.__version__,
+            "deltalens": __import__("deltalens").__version__,
+        },
+    }
+
+
+def save_metrics(metrics: dict[str, Any], directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "metrics.json"
+    path.write_text(json.dumps(_jsonable(metrics), indent=2, allow_nan=True))
+    (directory / "params.json").write_text(json.dumps(_jsonable(metrics["params"]), indent=2))
+    return path
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if np.isnan(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def conclusions(metrics: dict[str, Any]) -> str:
+    """Markdown findings written from the numbers (nothing typed in advance)."""
+    tr = metrics["training"]
+    lines = []
+    if tr["reached_target"]:
+        lines.append(f"- Training reached answer loss {tr['final_eval_loss']:.1e} < {tr['target_loss']:.0e} in {tr['steps']} steps ({tr['seconds']:.0f} s).")
+    else:
+        lines.append(
+            f"- **Training did not reach the target loss** ({tr['final_eval_loss']:.1e} ≥ {tr['target_loss']:.0e} after "
+            f"{tr['steps']} steps, {tr['seconds']:.0f} s): the Δ analysis below is of an imperfect model."
+        )
+    acc = ", ".join(f"{a['accuracy']:.3f} at {a['length_multiplier']}x length" for a in metrics["accuracy"])
+    lines.append(f"- Held-out answer accuracy: {acc}.")
+    probes = pd.DataFrame(metrics["probes"])
+    for pop, best in metrics["best_delta_auc"].items():
+        sub = probes[probes.population == pop].set_index("features")
+        ctrl = sub[sub.index.str.startswith("control") | sub.index.str.startswith("CatBoost control")]["auc"]
+        ctrl_best = float(np.nanmax(ctrl.to_numpy(dtype=float))) if len(ctrl) else float("nan")
+        delta_probe = float(sub[sub.index.str.startswith("CatBoost on Δ (")]["auc"].iloc[0])
+        both = float(sub.loc["CatBoost on Δ + control", "auc"])
+        verdict = (
+            "Δ beats the controls" if max(best["auc"], delta_probe) > ctrl_best + 0.01
+            else "Δ does **not** beat the controls" if max(best["auc"], delta_probe) < ctrl_best - 0.01
+            else "Δ ties the controls"
+        )
+        lines.append(
+            f"- Population `{pop}`: best single Δ score is layer {best['layer']} `{best['score']}` with ROC-AUC "
+            f"{best['auc']:.3f}; CatBoost on Δ {delta_probe:.3f}; best control {ctrl_best:.3f}; Δ + control {both:.3f}. "
+            f"{verdict}."
+        )
+    return "\n".join(lines)
