@@ -25,7 +25,6 @@ env: $(ENV_STAMP) ## create .venv with the pinned requirements, deltalens (edita
 
 $(ENV_STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (deltalens)" >/dev/null
@@ -50,7 +49,7 @@ synthetic: $(SYN_SUMMARY) ## train + analyse every synthetic experiment in param
 
 -include mk/*.mk
 
-all: synthetic ## run the whole study on the embedded defaults (offline)
+all: synthetic dataset dataset-report ## run the whole study on the embedded defaults (offline)
 
 smoke: $(ENV_STAMP) ## execute every notebook once with tiny parameters (into reports/smoke/)
 	$(PY) -m deltalens.smoke --out reports/smoke

@@ -49,6 +49,38 @@ def summary_row(m: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def compact(df: pd.DataFrame) -> pd.DataFrame:
+    """The columns a reader compares first: training outcome, accuracy, the best single Δ score of each population
+    (by distance of its AUC from 0.5, so an inverted score shows as AUC < 0.5) and the probes."""
+    out = pd.DataFrame({
+        "experiment": df["experiment"],
+        "reached 1e-4": df["reached 1e-4"],
+        "steps": df["steps"],
+        "train s": df["train s"].round(0).astype(int),
+        "final loss": df["final loss"].map(lambda v: f"{v:.1e}"),
+    })
+    for col in sorted((c for c in df.columns if c.startswith("acc@")), key=lambda c: int(c[4:-1])):
+        out[col] = df[col].round(3)
+    for pop in ("context", "data"):
+        delta_cols = [c for c in df.columns if c.startswith(f"{pop} Δ")]
+        if not delta_cols:
+            continue
+        out[f"{pop}: most informative Δ score"] = [_most_informative(row, delta_cols) for _, row in df.iterrows()]
+        for short in ("ctrl identity AUC", "CB ctrl AUC", "CB Δ AUC", "CB Δ+ctrl AUC"):
+            col = f"{pop} {short}"
+            if col in df:
+                out[f"{pop}: {short}"] = df[col].round(3)
+    return out
+
+
+def _most_informative(row: pd.Series, cols: list[str]) -> str:
+    scored = [(abs(row[c] - 0.5), c) for c in cols if pd.notna(row[c])]
+    if not scored:
+        return "n/a"
+    _, col = max(scored)
+    return f"{col.split(' ', 1)[1]} {row[col]:.3f}"
+
+
 def build_summary(paths: list[str | Path]) -> pd.DataFrame:
     if not paths:
         raise FileNotFoundError("no metrics.json found: run the synthetic notebooks first (make synthetic)")
@@ -65,8 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
-    out.with_suffix(".md").write_text(df.round(3).to_markdown(index=False) + "\n")
-    print(df.round(3).T.to_string())
+    table = compact(df)
+    out.with_suffix(".md").write_text(table.to_markdown(index=False) + "\n")
+    print(table.T.to_string())
 
 
 if __name__ == "__main__":

@@ -259,8 +259,9 @@ def collect_metrics(exp: Experiment, result: TrainResult, acc: pd.DataFrame, auc
     for pop in POPULATIONS:
         sub = aucs[(aucs.population == pop) & aucs.auc.notna()]
         if len(sub):
-            top = sub.loc[sub.auc.idxmax()]
-            best[pop] = {"layer": int(top.layer), "score": top.score, "auc": float(top.auc)}
+            top = sub.loc[(sub.auc - 0.5).abs().idxmax()]  # most informative, in either direction
+            best[pop] = {"layer": int(top.layer), "score": top.score, "auc": float(top.auc),
+                         "ci_low": float(top.ci_low), "ci_high": float(top.ci_high)}
     return {
         "experiment": exp.name,
         "params": exp.params(),
@@ -324,18 +325,21 @@ def conclusions(metrics: dict[str, Any]) -> str:
     probes = pd.DataFrame(metrics["probes"])
     for pop, best in metrics["best_delta_auc"].items():
         sub = probes[probes.population == pop].set_index("features")
-        ctrl = sub[sub.index.str.startswith("control") | sub.index.str.startswith("CatBoost control")]["auc"]
-        ctrl_best = float(np.nanmax(ctrl.to_numpy(dtype=float))) if len(ctrl) else float("nan")
+        ctrl = sub[sub.index.str.startswith(("control", "CatBoost control"))]["auc"].to_numpy(dtype=float)
+        ctrl_best = float(np.nanmax(ctrl)) if len(ctrl) and not np.isnan(ctrl).all() else float("nan")
         delta_probe = float(sub[sub.index.str.startswith("CatBoost on Δ (")]["auc"].iloc[0])
         both = float(sub.loc["CatBoost on Δ + control", "auc"])
+        ci = "" if best.get("ci_low") is None or np.isnan(best["ci_low"]) else f" (95 % CI {best['ci_low']:.3f}–{best['ci_high']:.3f})"
+        direction = " — inverted: important tokens get *smaller* Δ" if best["auc"] < 0.5 else ""
+        strength = max(best["auc"], 1 - best["auc"], delta_probe)
         verdict = (
-            "Δ beats the controls" if max(best["auc"], delta_probe) > ctrl_best + 0.01
-            else "Δ does **not** beat the controls" if max(best["auc"], delta_probe) < ctrl_best - 0.01
+            "Δ beats the controls" if strength > ctrl_best + 0.01
+            else "Δ does **not** beat the controls" if strength < ctrl_best - 0.01
             else "Δ ties the controls"
         )
         lines.append(
-            f"- Population `{pop}`: best single Δ score is layer {best['layer']} `{best['score']}` with ROC-AUC "
-            f"{best['auc']:.3f}; CatBoost on Δ {delta_probe:.3f}; best control {ctrl_best:.3f}; Δ + control {both:.3f}. "
-            f"{verdict}."
+            f"- Population `{pop}`: the most informative single Δ score is layer {best['layer']} `{best['score']}`, "
+            f"ROC-AUC {best['auc']:.3f}{ci}{direction}. CatBoost on all Δ channels: {delta_probe:.3f}; best control "
+            f"(token identity / conv window): {ctrl_best:.3f}; Δ + control: {both:.3f}. {verdict}."
         )
     return "\n".join(lines)

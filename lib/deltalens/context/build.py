@@ -22,13 +22,14 @@ from pathlib import Path
 
 import yaml
 
+from ..params import ParameterError
 from .analysis import Definition, ModuleInfo, ProjectIndex
 from .schema import DEFAULT_HEADER, ContextDataset, assemble_prompt, make_frames, save
 from .sources import Project, SourceError, dir_project, installed_project, repos_dir_projects
 
 
-class ParamsError(ValueError):
-    pass
+class ParamsError(ParameterError):
+    """A dataset build parameter is wrong (a :class:`deltalens.params.ParameterError`)."""
 
 
 @dataclass
