@@ -64,6 +64,7 @@ def test_query_copying_identity_control_is_blind():
         ({"analysis": {"length_multipliers": 4}}, "length_multipliers=4"),
         ({"task_params": {"seq_len": 2, "n_data": 4}}, "n_data=4 data tokens for seq_len=2"),
         ({"experiment": ""}, "parameter experiment=''"),
+        ({"task_params": [64]}, "parameter task_params=[64] has type list; allowed: a mapping"),
     ],
 )
 def test_make_experiment_rejects_bad_parameters(kwargs, needle):

@@ -91,7 +91,9 @@ def make_experiment(
     """Validate every parameter (as papermill passes them) before anything is trained."""
     if not isinstance(experiment, str) or not experiment or "/" in experiment:
         raise ParameterError(f"parameter experiment={experiment!r}; allowed: a non-empty name without '/'")
-    t = make_task(task, **check_keys("task_params", task_params or {}, _task_keys(task)))
+    if task_params is not None and not isinstance(task_params, dict):
+        raise ParameterError(f"parameter task_params={task_params!r} has type {type(task_params).__name__}; allowed: a mapping")
+    t = make_task(task, **(task_params or {}))
     m = check_keys("model", model or {}, [f for f in ModelConfig.__dataclass_fields__ if f != "vocab_size"])
     tr = check_keys("train", train or {}, TrainConfig.__dataclass_fields__)
     an = dict(check_keys("analysis", analysis or {}, AnalysisConfig.__dataclass_fields__))
@@ -106,14 +108,6 @@ def make_experiment(
         checkpoint_root=checkpoint_root,
         figures_root=figures_root,
     )
-
-
-def _task_keys(task: str) -> list[str]:
-    from .tasks import TASKS
-
-    if task not in TASKS:
-        raise ParameterError(f"task={task!r} is unknown; allowed: {sorted(TASKS)}")
-    return [f.metadata.get("alias", f.name) for f in TASKS[task].__dataclass_fields__.values()]
 
 
 def train_experiment(exp: Experiment, progress: bool = True) -> TrainResult:
