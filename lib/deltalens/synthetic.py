@@ -246,8 +246,7 @@ def _mixed_frame(x: np.ndarray, n_cat: int) -> pd.DataFrame:
 
 def collect_metrics(exp: Experiment, result: TrainResult, acc: pd.DataFrame, aucs: pd.DataFrame, probes: pd.DataFrame) -> dict[str, Any]:
     """One flat, JSON-ready record of the experiment: parameters, training outcome, accuracies, AUCs, probes."""
-    import catboost
-    import mambapy  # noqa: F401
+    from importlib.metadata import version
 
     best = {}
     for pop in POPULATIONS:
@@ -275,7 +274,8 @@ def collect_metrics(exp: Experiment, result: TrainResult, acc: pd.DataFrame, auc
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
-            "catboost": catboost.__version__,
+            "mambapy": version("mambapy"),
+            "catboost": version("catboost"),
             "deltalens": __import__("deltalens").__version__,
         },
     }

@@ -192,13 +192,11 @@ def train(
 
 def _save_checkpoint(result: TrainResult, ckpt: Path, task: Task, train_cfg: TrainConfig) -> None:
     """Write into a temporary directory, then rename: a killed run never leaves a checkpoint that looks complete."""
-    import mambapy
-
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     extra = {
         "task": task.params(),
         "train": asdict(train_cfg),
-        "versions": {"torch": torch.__version__, "mambapy": getattr(mambapy, "__version__", _dist_version("mambapy"))},
+        "versions": {"torch": torch.__version__, "mambapy": _dist_version("mambapy")},
         "outcome": {
             "reached_target": result.reached_target,
             "steps": result.steps,
