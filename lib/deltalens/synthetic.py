@@ -193,11 +193,11 @@ def roc_curves(test: DeltaSet, probes: dict[str, Any], population: str = "contex
     for name, per_layer in test.scores().items():
         for layer in range(per_layer.shape[0]):
             s = _flat(per_layer[layer], mask)
-            if not np.isnan(auc(y, s)):
-                out[f"layer {layer} Δ {name}"] = (*roc(y, s), auc(y, s))
+            if not np.isnan(a := auc(y, s)):
+                out[f"layer {layer} Δ {name}"] = (*roc(y, s), a)
     for name, proba in probes.get(population, {}).items():
-        if not np.isnan(auc(y, proba)):
-            out[name] = (*roc(y, proba), auc(y, proba))
+        if not np.isnan(a := auc(y, proba)):
+            out[name] = (*roc(y, proba), a)
     return out
 
 
@@ -221,24 +221,18 @@ def probe_table(train_set: DeltaSet, test: DeltaSet, exp: Experiment) -> tuple[p
         feature_sets = {
             f"CatBoost on Δ ({d_tr.shape[1]} channels)": (d_tr, d_te, None),
             f"CatBoost control: token + {window} previous": (w_tr, w_te, cat_w),
-            "CatBoost on Δ + control": (
-                np.concatenate([w_tr, d_tr], 1).astype(object), np.concatenate([w_te, d_te], 1).astype(object), cat_w,
-            ),
+            "CatBoost on Δ + control": (_mixed_frame(w_tr, d_tr), _mixed_frame(w_te, d_te), cat_w),
         }
         for name, (xtr, xte, cats) in feature_sets.items():
-            if cats is not None and xtr.dtype == object:  # mixed: categorical ids must be ints, Δ floats
-                xtr, xte = _mixed_frame(xtr, len(cats)), _mixed_frame(xte, len(cats))
             r = catboost_probe(xtr, y_tr, xte, y_te, cat_features=cats, iterations=exp.analysis.catboost_iterations, seed=exp.analysis.seed)
             probas[pop][name] = r.proba
             rows.append({"population": pop, "features": name, "accuracy": r.accuracy, "auc": r.auc, "majority_accuracy": r.majority_accuracy})
     return pd.DataFrame(rows), probas
 
 
-def _mixed_frame(x: np.ndarray, n_cat: int) -> pd.DataFrame:
-    df = pd.DataFrame(x)
-    for c in df.columns:
-        df[c] = df[c].astype("int64") if c < n_cat else df[c].astype("float64")
-    return df
+def _mixed_frame(token_ids: np.ndarray, delta: np.ndarray) -> pd.DataFrame:
+    """Categorical token-id columns first (int), then Δ columns (float), for CatBoost."""
+    return pd.concat([pd.DataFrame(token_ids).add_prefix("token_"), pd.DataFrame(delta).add_prefix("delta_")], axis=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
