@@ -84,10 +84,15 @@ def test_summary_from_metrics(tmp_path):
         "params": {"task": {"task": "induction_heads", "seq_len": 8, "vocab_size": 4}},
         "training": {"reached_target": True, "steps": 5, "seconds": 1.0, "final_eval_loss": 5e-5},
         "accuracy": [{"length_multiplier": 1, "accuracy": 1.0}, {"length_multiplier": 4, "accuracy": 0.5}],
-        "delta_auc": [{"population": "context", "layer": 0, "score": "l2", "auc": 0.7}],
+        "delta_auc": [{"population": "context", "layer": 0, "score": "l2", "auc": 0.7},
+                      {"population": "context", "layer": 0, "score": "mean_log", "auc": 0.2}],
+        "best_delta_auc": {"context": {"layer": 0, "score": "mean_log", "auc": 0.2}},
         "probes": [{"population": "context", "features": "CatBoost on Δ (32 channels)", "auc": 0.8, "accuracy": 0.9}],
     }
     (tmp_path / "metrics.json").write_text(json.dumps(m))
     row = build_summary([tmp_path / "metrics.json"]).iloc[0]
     assert row["acc@4x"] == 0.5 and row["context Δl2 L0"] == 0.7 and row["context CB Δ AUC"] == 0.8
     assert row["setting"] == "seq_len=8, vocab_size=4"
+    # the compact table takes the most informative score from metrics.json (here an inverted mean-log score)
+    assert row["context: most informative Δ score"] == "Δmean_log L0 0.200" and row["context Δmean_log L0"] == 0.2
+    assert row["data: most informative Δ score"] == "n/a"

@@ -33,8 +33,9 @@ def summary_row(m: dict[str, Any]) -> dict[str, Any]:
     for pop in ("context", "data"):
         sub = aucs[aucs.population == pop]
         for _, r in sub.iterrows():
-            if r["score"] in ("mean", "max", "l2"):
-                row[f"{pop} Δ{r['score']} L{int(r['layer'])}"] = r["auc"]
+            row[f"{pop} Δ{r['score']} L{int(r['layer'])}"] = r["auc"]
+        best = m.get("best_delta_auc", {}).get(pop)
+        row[f"{pop}: most informative Δ score"] = f"Δ{best['score']} L{best['layer']} {best['auc']:.3f}" if best else "n/a"
         for (p, feat), r in probes.iterrows():
             if p != pop:
                 continue
@@ -50,8 +51,9 @@ def summary_row(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def compact(df: pd.DataFrame) -> pd.DataFrame:
-    """The columns a reader compares first: training outcome, accuracy, the best single Δ score of each population
-    (by distance of its AUC from 0.5, so an inverted score shows as AUC < 0.5) and the probes."""
+    """The columns a reader compares first: training outcome, accuracy, the most informative single Δ score of each
+    population (as chosen in metrics.json: AUC farthest from 0.5, so an inverted score shows as AUC < 0.5) and the
+    probes."""
     out = pd.DataFrame({
         "experiment": df["experiment"],
         "reached 1e-4": df["reached 1e-4"],
@@ -62,23 +64,12 @@ def compact(df: pd.DataFrame) -> pd.DataFrame:
     for col in sorted((c for c in df.columns if c.startswith("acc@")), key=lambda c: int(c[4:-1])):
         out[col] = df[col].round(3)
     for pop in ("context", "data"):
-        delta_cols = [c for c in df.columns if c.startswith(f"{pop} Δ")]
-        if not delta_cols:
-            continue
-        out[f"{pop}: most informative Δ score"] = [_most_informative(row, delta_cols) for _, row in df.iterrows()]
+        out[f"{pop}: most informative Δ score"] = df[f"{pop}: most informative Δ score"]
         for short in ("ctrl identity AUC", "CB ctrl AUC", "CB Δ AUC", "CB Δ+ctrl AUC"):
             col = f"{pop} {short}"
             if col in df:
                 out[f"{pop}: {short}"] = df[col].round(3)
     return out
-
-
-def _most_informative(row: pd.Series, cols: list[str]) -> str:
-    scored = [(abs(row[c] - 0.5), c) for c in cols if pd.notna(row[c])]
-    if not scored:
-        return "n/a"
-    _, col = max(scored)
-    return f"{col.split(' ', 1)[1]} {row[col]:.3f}"
 
 
 def build_summary(paths: list[str | Path]) -> pd.DataFrame:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import time
+from importlib.metadata import version
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,7 @@ def _save_checkpoint(result: TrainResult, ckpt: Path, task: Task, train_cfg: Tra
     extra = {
         "task": task.params(),
         "train": asdict(train_cfg),
-        "versions": {"torch": torch.__version__, "mambapy": _dist_version("mambapy")},
+        "versions": {"torch": torch.__version__, "mambapy": version("mambapy")},
         "outcome": {
             "reached_target": result.reached_target,
             "steps": result.steps,
@@ -211,9 +212,3 @@ def _save_checkpoint(result: TrainResult, ckpt: Path, task: Task, train_cfg: Tra
 
         shutil.rmtree(ckpt)
     tmp.rename(ckpt)
-
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
