@@ -49,7 +49,7 @@ synthetic: $(SYN_SUMMARY) ## train + analyse every synthetic experiment in param
 
 -include mk/*.mk
 
-all: synthetic dataset dataset-report ## run the whole study on the embedded defaults (offline)
+all: synthetic dataset dataset-report labeling ## run the whole study on the embedded defaults (offline)
 
 smoke: $(ENV_STAMP) ## execute every notebook once with tiny parameters (into reports/smoke/)
 	$(PY) -m deltalens.smoke --out reports/smoke

@@ -98,3 +98,46 @@ def auc_bars(aucs: pd.DataFrame, probes: pd.DataFrame, population: str, title: s
     ax.set_title(title)
     ax.legend(fontsize=6, loc="lower right")
     return fig
+
+
+# ---- labeling (notebook 02) ------------------------------------------------------------------------------------
+def confusion_grid(confusions: dict[str, np.ndarray], title: str = "") -> plt.Figure:
+    """One 2x2 confusion matrix per labeler (rows: ground truth, columns: label), counts and row shares."""
+    n = max(1, len(confusions))
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (name, cm) in zip(axes.flat, confusions.items()):
+        share = cm / np.maximum(1, cm.sum(axis=1, keepdims=True))
+        annot = np.array([[f"{cm[i, j]}\n{share[i, j]:.0%}" for j in range(2)] for i in range(2)])
+        sns.heatmap(share, annot=annot, fmt="", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=ax,
+                    xticklabels=["not rel.", "relevant"], yticklabels=["not rel.", "relevant"])
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("label")
+        ax.set_ylabel("ground truth")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def category_bars(per_category: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Share of chunks labeled relevant per chunk category, one bar group per labeler."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * per_category["labeler"].nunique() + 3), 3.8))
+    sns.barplot(per_category, x="labeler", y="labeled_relevant", hue="category", ax=ax)
+    ax.set_ylabel("share labeled relevant")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", rotation=20)
+    ax.set_title(title)
+    ax.legend(title="category", fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return fig
+
+
+def kappa_heatmap(kappa: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Cohen's kappa between labelers and the ground truth."""
+    fig, ax = plt.subplots(figsize=(1.0 * len(kappa) + 2.5, 0.8 * len(kappa) + 1.5))
+    sns.heatmap(kappa.astype(float), annot=True, fmt=".2f", cmap="RdBu_r", vmin=-1, vmax=1, ax=ax, square=True)
+    ax.set_title(title)
+    return fig

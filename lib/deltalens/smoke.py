@@ -16,6 +16,7 @@ from .paths import project_root
 SMOKE = {
     "00_context_dataset.ipynb": "params/dataset/smoke.yaml",
     "01_synthetic.ipynb": "params/smoke/synthetic.yaml",
+    "02_label_context.ipynb": "params/labeling/smoke.yaml",
 }
 
 
