@@ -47,11 +47,12 @@ $(SYN_SUMMARY): $(SYN_NBS)
 
 synthetic: $(SYN_SUMMARY) ## train + analyse every synthetic experiment in params/synthetic/, write the summary table
 
--include mk/*.mk
+# one file per part, in dependency order (later files use earlier files' variables in their prerequisites)
+include mk/dataset.mk mk/labeling.mk mk/codelm.mk mk/extract.mk mk/analysis.mk
 
-all: synthetic dataset dataset-report labeling ## run the whole study on the embedded defaults (offline)
+all: synthetic dataset dataset-report labeling code-lm extract analysis ## run the whole study on the embedded defaults (offline)
 
-smoke: $(ENV_STAMP) ## execute every notebook once with tiny parameters (into reports/smoke/)
+smoke: code-lm-smoke | $(ENV_STAMP) ## execute every notebook once with tiny parameters (into reports/smoke/)
 	$(PY) -m deltalens.smoke --out reports/smoke
 
 test: $(ENV_STAMP) ## unit tests + every notebook through papermill with tiny parameters

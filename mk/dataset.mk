@@ -1,5 +1,5 @@
 # ---- the code-context dataset (issue 3) ------------------------------------------------------------------------
-# Included by the main Makefile (-include mk/*.mk); uses its PY, ENV_STAMP, PAPERMILL, EXECUTED, LIB_SRC.
+# Included by the main Makefile; uses its PY, ENV_STAMP, PAPERMILL, EXECUTED, LIB_SRC.
 DATASET_PARAMS := params/dataset/default.yaml
 DATASET_DIR    := data/processed/context
 DATASET        := $(DATASET_DIR)/manifest.json

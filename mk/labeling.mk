@@ -1,5 +1,5 @@
 # ---- labeling context relevance with LLMs (issue 4) ---------------------------------------------------------------
-# Included by the main Makefile (-include mk/*.mk); uses PY, ENV_STAMP, PAPERMILL, EXECUTED, LIB_SRC, DATASET.
+# Included by the main Makefile; uses PY, ENV_STAMP, PAPERMILL, EXECUTED, LIB_SRC, DATASET.
 LABEL_PARAMS    := params/labeling/default.yaml
 LABEL_ENDPOINTS := data/interim/labels/endpoints.json
 LABELS          := data/processed/labels/labels.parquet

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deltalens.context.jsonl import parse_sample
-from deltalens.context.schema import ContextDataset, make_frames, validate
+from deltalens.context.jsonl import from_records
+from deltalens.context.schema import ContextDataset
 from deltalens.labeling.base import (LABEL_COLUMNS, Completion, GenerativeLabeler, LabelerFatalError, LabelPrompt,
                                      TransientLabelerError)
 from deltalens.labeling.manual import ManualAnswersError, export_prompts, import_answers, prompt_id, read_answers
@@ -57,14 +57,7 @@ OBJS = [
 
 
 def make_ds(objs=OBJS) -> ContextDataset:
-    samples, chunks = [], []
-    for o in objs:
-        s, rows = parse_sample(o, o["sample_id"])
-        samples.append(s)
-        chunks.extend(rows)
-    ds = ContextDataset(*make_frames(samples, chunks))
-    validate(ds)
-    return ds
+    return from_records(objs)
 
 
 @pytest.fixture(scope="module")

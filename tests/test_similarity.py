@@ -4,8 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deltalens.context.jsonl import parse_sample
-from deltalens.context.schema import ContextDataset, make_frames, validate
+from deltalens.context.jsonl import from_records
 from deltalens.labeling.base import LABEL_COLUMNS
 from deltalens.labeling.reference import choose_threshold, reference_labels
 from deltalens.params import ParameterError
@@ -109,14 +108,7 @@ def tiny():
         _sample("beta:run.py:L2", "beta", "test", "send_email(smtp_server, 'you@example.org', text)\n", EMAIL,
                 [("injected", MATRIX), ("related", CIRCLE), ("distractor", CONFIG)]),
     ]
-    samples, chunks = [], []
-    for o in objs:
-        s, rows = parse_sample(o, o["sample_id"])
-        samples.append(s)
-        chunks.extend(rows)
-    ds = ContextDataset(*make_frames(samples, chunks))
-    validate(ds)
-    return ds
+    return from_records(objs)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import accuracy_score, roc_auc_score, roc_curve
+from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score, roc_curve
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -21,8 +21,21 @@ def roc(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return fpr, tpr
 
 
+def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """PR-AUC (average precision), or NaN when there is no positive; its chance level is the positive share."""
+    labels = np.asarray(labels).astype(bool)
+    if not labels.any():
+        return float("nan")
+    return float(average_precision_score(labels, scores))
+
+
 def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n: int = 200, seed: int = 0) -> tuple[float, float]:
     """95 % interval of ROC-AUC, resampling whole groups (sequences / samples), not tokens."""
+    return bootstrap_ci(auc, labels, scores, groups, n, seed)
+
+
+def bootstrap_ci(metric, labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n: int = 200, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of ``metric(labels, scores)``, resampling whole groups (sequences / samples)."""
     labels, scores, groups = map(np.asarray, (labels, scores, groups))
     uniq, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
@@ -30,7 +43,7 @@ def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n:
     values = []
     for _ in range(n):
         idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
-        v = auc(labels[idx], scores[idx])
+        v = metric(labels[idx], scores[idx])
         if not np.isnan(v):
             values.append(v)
     if not values:

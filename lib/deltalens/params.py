@@ -46,3 +46,16 @@ def check_keys(name: str, value: Any, allowed: Iterable[str], *, where: str = ""
     if unknown:
         raise ParameterError(f"{prefix}parameter {name} has unknown key(s) {unknown}; allowed: {sorted(allowed)}")
     return value
+
+
+def parse_overrides(pairs: Iterable[str] | None, form: str = "key=value") -> dict:
+    """``--set`` command-line overrides -> {key: YAML-parsed value}; a pair without '=' is an error naming it."""
+    import yaml
+
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise SystemExit(f"--set expects {form}, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out

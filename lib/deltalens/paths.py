@@ -16,6 +16,12 @@ def project_root(start: str | Path | None = None) -> Path:
 
 
 def resolve(path: str | Path, root: str | Path | None = None) -> Path:
-    """``path`` if absolute, else ``path`` relative to the project root."""
+    """``path`` if absolute, else ``path`` relative to the project root — or to the working directory outside a
+    checkout (the self-contained Kaggle notebook carries the package without the repository)."""
     p = Path(path)
-    return p if p.is_absolute() else project_root(root) / p
+    if p.is_absolute():
+        return p
+    try:
+        return project_root(root) / p
+    except FileNotFoundError:
+        return Path(root or Path.cwd()).resolve() / p

@@ -141,3 +141,54 @@ def kappa_heatmap(kappa: pd.DataFrame, title: str = "") -> plt.Figure:
     sns.heatmap(kappa.astype(float), annot=True, fmt=".2f", cmap="RdBu_r", vmin=-1, vmax=1, ax=ax, square=True)
     ax.set_title(title)
     return fig
+
+
+# ---- main analysis (notebook 04) -------------------------------------------------------------------------------------
+def auc_by_layer_plot(aucs: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Raw ROC-AUC of each Δ statistic by layer, one panel per extraction run (model x prompt order)."""
+    runs = list(dict.fromkeys(aucs["run"]))
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False, sharey=True)
+    for ax, run in zip(axes[0], runs):
+        sns.lineplot(aucs[aucs["run"] == run], x="layer", y="auc", hue="stat", marker="o", ax=ax)
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_title(run, fontsize=10)
+        ax.set_ylabel("ROC-AUC (relevant, test)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def score_bars(scores: pd.DataFrame, truth: str = "relevant", title: str = "") -> plt.Figure:
+    """ROC-AUC with 95 % intervals of every score against one ground truth."""
+    d = scores[scores["truth"] == truth].sort_values("auc")
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(d) + 1.2))
+    ax.errorbar(d["auc"], range(len(d)), xerr=[d["auc"] - d["auc_lo"], d["auc_hi"] - d["auc"]], fmt="o", capsize=3)
+    ax.axvline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(range(len(d)))
+    ax.set_yticklabels(d["score"], fontsize=8)
+    ax.set_xlabel(f"ROC-AUC vs {truth} (test)")
+    ax.set_title(title)
+    return fig
+
+
+def per_category_heatmap(per_cat: pd.DataFrame, title: str = "") -> plt.Figure:
+    wide = per_cat.pivot_table(index="score", columns="negatives", values="auc", sort=False)
+    fig, ax = plt.subplots(figsize=(5.5, 0.35 * len(wide) + 1.5))
+    sns.heatmap(wide, annot=True, fmt=".2f", cmap="RdBu_r", vmin=0, vmax=1, center=0.5, ax=ax)
+    ax.set_xlabel("relevant vs ...")
+    ax.set_title(title)
+    return fig
+
+
+def filtering_plot(summary: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Target-line loss and greedy exact match against the kept share of context tokens, one line per score."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, y, label in ((axes[0], "loss", "target-line loss (nats/token)"), (axes[1], "exact_match", "greedy exact match")):
+        sns.lineplot(summary, x="budget", y=y, hue="score", marker="o", ax=ax)
+        ax.set_xlabel("kept share of context tokens (budget)")
+        ax.set_ylabel(label)
+    axes[0].get_legend().remove()
+    axes[1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -17,6 +17,8 @@ SMOKE = {
     "00_context_dataset.ipynb": "params/dataset/smoke.yaml",
     "01_synthetic.ipynb": "params/smoke/synthetic.yaml",
     "02_label_context.ipynb": "params/labeling/smoke.yaml",
+    "03_extract_delta.ipynb": "params/extract/smoke.yaml",
+    "04_analysis.ipynb": "params/analysis/smoke.yaml",
 }
 
 

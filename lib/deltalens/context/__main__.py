@@ -6,17 +6,10 @@ import argparse
 import json
 import sys
 
-import yaml
+from ..params import parse_overrides
 
 
-def _overrides(pairs: list[str]) -> dict:
-    out = {}
-    for p in pairs or []:
-        if "=" not in p:
-            raise SystemExit(f"--set expects key=value, got {p!r}")
-        k, v = p.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "build":
             from .build import build, load_params
 
-            p = load_params(args.params, _overrides(args.set))
+            p = load_params(args.params, parse_overrides(args.set, "key=value"))
             ds, secs = build(p, out=args.out, progress=not args.no_progress)
             c = ds.manifest["counts"]
             print(f"built {c['samples']} samples over {c['projects']} projects, chunks per category "

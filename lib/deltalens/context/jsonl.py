@@ -162,6 +162,21 @@ def load_jsonl(path: str | Path, header: str = DEFAULT_HEADER) -> ContextDataset
     return ContextDataset(s_df, c_df, manifest)
 
 
+def from_records(records: list[dict], header: str = DEFAULT_HEADER, where: str = "record") -> ContextDataset:
+    """A validated dataset from sample records in the JSONL format (already decoded), e.g. built in code or tests;
+    errors name the record's position and field."""
+    from .schema import validate
+
+    samples, chunks = [], []
+    for i, obj in enumerate(records):
+        s, rows = parse_sample(obj, f"{where} {i}", header)
+        samples.append(s)
+        chunks.extend(rows)
+    ds = ContextDataset(*make_frames(samples, chunks))
+    validate(ds)
+    return ds
+
+
 def write_jsonl(ds: ContextDataset, path: str | Path) -> Path:
     """Export a dataset to the JSONL format (round-trips through :func:`load_jsonl`)."""
     path = Path(path)

@@ -1,0 +1,36 @@
+"""The small local code language model: trained offline on CPU, saved in transformers' format.
+
+One extraction path then serves this model and ``tiiuae/falcon-mamba-7b`` alike: both load with
+``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` and expose their Mamba mixers to
+:func:`deltalens.capture.capture_delta`.
+
+Pipeline (``python -m deltalens.codelm train -p params/codelm/default.yaml``, or ``make code-lm``):
+
+* :mod:`.corpus`    -- Python standard library (and optional distributions), never the evaluation dataset's projects;
+* :mod:`.tokenizer` -- byte-level BPE (``tokenizers``), saved as ``PreTrainedTokenizerFast`` with offset mappings;
+* :mod:`.model`     -- embedding -> ``mambapy`` Mamba -> RMSNorm -> head, and its exact ``MambaForCausalLM`` twin;
+* :mod:`.train`     -- seeded CPU training with a step and a time budget, held-out loss, atomic save, reuse.
+"""
+
+from .corpus import Corpus, CorpusConfig, build_corpus
+from .model import CodeLMConfig, CodeMambaLM, build_lm, to_transformers, transformers_config
+from .params import CodeLMParams, load_params
+from .tokenizer import TokenizerConfig, train_tokenizer
+from .train import TrainConfig, TrainOutcome, train_code_lm
+
+
+def load_code_lm(path: str = "data/models/code-lm"):
+    """``(model, tokenizer)`` of a saved code LM directory, offline, model in eval mode (float32)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..paths import resolve
+
+    p = resolve(path)
+    return AutoModelForCausalLM.from_pretrained(p).eval(), AutoTokenizer.from_pretrained(p)
+
+
+__all__ = [
+    "CodeLMConfig", "CodeLMParams", "CodeMambaLM", "Corpus", "CorpusConfig", "TokenizerConfig", "TrainConfig",
+    "TrainOutcome", "build_corpus", "build_lm", "load_code_lm", "load_params", "to_transformers",
+    "train_code_lm", "train_tokenizer", "transformers_config",
+]

@@ -1,0 +1,53 @@
+"""Command line: ``python -m deltalens.codelm {train,corpus} -p params/codelm/default.yaml ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..params import parse_overrides
+
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m deltalens.codelm", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="build corpus + tokenizer, train, save a transformers model directory")
+    t.add_argument("-p", "--params", default="params/codelm/default.yaml")
+    t.add_argument("--out", help="output directory (default: the params' 'out')")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a parameter (YAML value), e.g. --set train.max_steps=20")
+    t.add_argument("--force", action="store_true", help="train even if an identical model exists")
+    t.add_argument("--no-progress", action="store_true")
+    c = sub.add_parser("corpus", help="print the corpus counts (no training)")
+    c.add_argument("-p", "--params", default="params/codelm/default.yaml")
+    c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    args = ap.parse_args(argv)
+
+    from ..params import ParameterError
+    from .params import load_params
+
+    try:
+        p = load_params(args.params, parse_overrides(args.set, "section.key=value"))
+        if args.cmd == "train":
+            from .train import train_code_lm
+
+            outcome = train_code_lm(p, out=args.out, progress=not args.no_progress, force=args.force)
+            print(outcome.describe())
+        else:
+            from .corpus import build_corpus
+
+            corpus = build_corpus(p.corpus)
+            print(json.dumps({k: corpus.manifest[k] for k in ("python", "excluded_distributions", "counts")},
+                             indent=1))
+    except ParameterError as e:
+        print(f"parameter error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The code LM trained with mambapy, and its exact conversion to transformers' ``MambaForCausalLM``.
+
+    tokens -> Embedding -> mambapy.mamba.Mamba (n_layers x [RMSNorm -> MambaBlock, + residual]) -> RMSNorm -> lm_head
+
+This is the block structure of transformers' ``MambaForCausalLM`` (``backbone.embeddings``, ``backbone.layers[i]``
+with ``norm`` + ``mixer``, ``backbone.norm_f``, ``lm_head``), with plain Mamba mixers (no inner layer norms, which
+transformers' Mamba does not have) and one RMS-norm epsilon everywhere, so the conversion is a renaming of
+state-dict keys: both models compute the same logits and the same Δ (``tests/test_codelm.py`` checks it).
+
+Why train with mambapy: its parallel scan (``pscan``) is what makes CPU training affordable; transformers' PyTorch
+fallback scans token by token. For inference (no autograd, batch size 1) that sequential scan measured slightly
+faster than ``pscan`` on this 2-core CPU at 4000 tokens, so the saved config keeps transformers' default
+``use_mambapy=False`` (``from_pretrained(path, use_mambapy=True)`` switches to mambapy's scan). Both paths give the
+same logits and Δ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from mambapy.mamba import Mamba, MambaConfig, RMSNorm
+
+from ..params import ParameterError, check_float, check_int
+
+
+@dataclass(frozen=True)
+class CodeLMConfig:
+    d_model: int = 256
+    n_layers: int = 4
+    d_state: int = 16
+    expand: int = 2
+    d_conv: int = 4
+    dt_rank: int | str = "auto"  # 'auto' = ceil(d_model / 16), as in mambapy and transformers
+    tie_embeddings: bool = True
+    rms_norm_eps: float = 1e-5
+    init_std: float = 0.02  # embedding (and tied head) initialisation; Mamba blocks keep mambapy's own init
+
+    def __post_init__(self) -> None:
+        where = "model"
+        for name in ("d_model", "n_layers", "d_state", "expand", "d_conv"):
+            check_int(name, getattr(self, name), minimum=1, where=where)
+        if self.dt_rank != "auto":
+            check_int("dt_rank", self.dt_rank, minimum=1, where=where)
+        if not isinstance(self.tie_embeddings, bool):
+            raise ParameterError(f"{where}: parameter tie_embeddings={self.tie_embeddings!r}; allowed: true or false")
+        check_float("rms_norm_eps", self.rms_norm_eps, minimum=0, exclusive=True, where=where)
+        check_float("init_std", self.init_std, minimum=0, exclusive=True, where=where)
+
+    def mamba_config(self) -> MambaConfig:
+        return MambaConfig(d_model=self.d_model, n_layers=self.n_layers, dt_rank=self.dt_rank, d_state=self.d_state,
+                           expand_factor=self.expand, d_conv=self.d_conv, rms_norm_eps=self.rms_norm_eps,
+                           inner_layernorms=False, pscan=True)
+
+
+class CodeMambaLM(nn.Module):
+    """Embedding -> ``mambapy.mamba.Mamba`` -> RMSNorm -> head (tied to the embedding when ``tie_embeddings``)."""
+
+    def __init__(self, config: CodeLMConfig, vocab_size: int):
+        super().__init__()
+        check_int("vocab_size", vocab_size, minimum=1, where="model")
+        self.config = config
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, config.d_model)
+        self.mamba = Mamba(config.mamba_config())
+        self.norm_f = RMSNorm(config.d_model, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False)
+        nn.init.normal_(self.embedding.weight, std=config.init_std)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+        else:
+            nn.init.normal_(self.lm_head.weight, std=config.init_std)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm_f(self.mamba(self.embedding(tokens))))
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # a tied weight counts once
+
+
+def build_lm(config: CodeLMConfig, vocab_size: int, seed: int) -> CodeMambaLM:
+    """Seed, then build: the same seed gives the same initial weights."""
+    torch.manual_seed(seed)
+    return CodeMambaLM(config, vocab_size)
+
+
+# ---- conversion ------------------------------------------------------------------------------------------------------
+def _hf_key(key: str) -> str:
+    if key.startswith("embedding."):
+        return "backbone.embeddings." + key[len("embedding."):]
+    if key.startswith("mamba.layers."):
+        return "backbone.layers." + key[len("mamba.layers."):]
+    if key.startswith("norm_f."):
+        return "backbone." + key
+    if key.startswith("lm_head."):
+        return key
+    raise KeyError(f"no transformers counterpart for parameter {key!r}")
+
+
+def transformers_config(lm: nn.Module, use_mambapy: bool = False, **token_ids: int | None):
+    """The ``transformers.MambaConfig`` equivalent to ``lm`` (anything shaped embedding -> mambapy Mamba -> norm_f
+    -> lm_head, e.g. :class:`CodeMambaLM` or ``deltalens.models.TinyMambaLM``). ``token_ids``: pad/bos/eos ids."""
+    from transformers import MambaConfig as HFMambaConfig
+
+    mc: MambaConfig = lm.mamba.config
+    if mc.inner_layernorms:
+        raise ValueError("mambapy inner_layernorms=True has no transformers Mamba counterpart (FalconMamba's norms are "
+                         "weightless); train with inner_layernorms=False")
+    if mc.mup or mc.use_cuda:
+        raise ValueError("mambapy mup / use_cuda models are not converted (different norms / fused kernels)")
+    eps = {float(mc.rms_norm_eps), float(lm.norm_f.eps)} | {float(layer.norm.eps) for layer in lm.mamba.layers}
+    if len(eps) != 1:
+        raise ValueError(f"RMS-norm epsilons differ ({sorted(eps)}); transformers Mamba has one layer_norm_epsilon")
+    tied = lm.lm_head.weight is lm.embedding.weight
+    return HFMambaConfig(
+        vocab_size=lm.embedding.num_embeddings,
+        hidden_size=mc.d_model,
+        state_size=mc.d_state,
+        num_hidden_layers=mc.n_layers,
+        expand=mc.expand_factor,
+        conv_kernel=mc.d_conv,
+        time_step_rank=mc.dt_rank,
+        use_bias=mc.bias,
+        use_conv_bias=mc.conv_bias,
+        layer_norm_epsilon=eps.pop(),
+        residual_in_fp32=True,
+        time_step_min=mc.dt_min,
+        time_step_max=mc.dt_max,
+        time_step_scale=mc.dt_scale,
+        time_step_init_scheme=mc.dt_init,
+        time_step_floor=mc.dt_init_floor,
+        tie_word_embeddings=tied,
+        use_mambapy=use_mambapy,
+        **{k: v for k, v in token_ids.items() if v is not None},
+    )
+
+
+def to_transformers(lm: nn.Module, use_mambapy: bool = False, **token_ids: int | None):
+    """A ``transformers.MambaForCausalLM`` (float32, eval mode) with ``lm``'s weights: same logits, same Δ.
+
+    ``use_mambapy``: transformers' CPU scan (mambapy's parallel scan, or its sequential loop); ``token_ids``:
+    ``pad_token_id`` / ``bos_token_id`` / ``eos_token_id`` for the config."""
+    from transformers import MambaForCausalLM
+
+    hf = MambaForCausalLM(transformers_config(lm, use_mambapy, **token_ids)).float()
+    state = {_hf_key(k): v.detach().float() for k, v in lm.state_dict().items()}
+    if hf.config.tie_word_embeddings:
+        state["lm_head.weight"] = state["backbone.embeddings.weight"]
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"conversion left parameters unmatched: missing {missing}, unexpected {unexpected}")
+    if hf.config.tie_word_embeddings and hf.lm_head.weight.data_ptr() != hf.backbone.embeddings.weight.data_ptr():
+        raise RuntimeError("transformers did not tie lm_head to the embeddings")
+    return hf.eval()

@@ -1,0 +1,82 @@
+"""Parameters of the local code LM (``params/codelm/*.yaml``, section ``codelm:``), validated before any work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..params import ParameterError, check_int, check_keys
+from ..paths import resolve
+from .corpus import CorpusConfig
+from .model import CodeLMConfig
+from .tokenizer import TokenizerConfig
+from .train import TrainConfig
+
+SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "model": CodeLMConfig, "train": TrainConfig}
+
+
+@dataclass(frozen=True)
+class CodeLMParams:
+    out: str = "data/models/code-lm"
+    seed: int = 0
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: CodeLMConfig = field(default_factory=CodeLMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.out, str) or not self.out:
+            raise ParameterError(f"codelm: parameter out={self.out!r}; allowed: a directory path")
+        check_int("seed", self.seed, minimum=0, where="codelm")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CodeLMParams":
+        check_keys("codelm", d, [f.name for f in fields(cls)])
+        kw: dict[str, Any] = {k: v for k, v in d.items() if k not in SECTIONS}
+        for name, section in SECTIONS.items():
+            sub = d.get(name) or {}
+            check_keys(name, sub, [f.name for f in fields(section)], where="codelm")
+            try:
+                kw[name] = section(**sub)
+            except TypeError as e:  # e.g. a wrong argument type the dataclass itself rejects
+                raise ParameterError(f"codelm.{name}: {e}") from None
+        return cls(**kw)
+
+    def content_params(self) -> dict:
+        """Every parameter that determines the trained model (all but the output directory)."""
+        d = asdict(self)
+        d.pop("out")
+        return d
+
+    def key(self, corpus_sha256: str) -> str:
+        """Hash of the parameters and the corpus content: equal keys mean an identical training run."""
+        blob = json.dumps({"params": self.content_params(), "corpus": corpus_sha256}, sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ParameterError(f"codelm: override {dotted}={value!r}: {p!r} is not a section")
+    d[last] = value
+
+
+def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> CodeLMParams:
+    """Read the ``codelm:`` section of a params YAML; ``overrides`` use dotted keys (``train.max_steps``)."""
+    path = resolve(path)
+    if not path.is_file():
+        raise ParameterError(f"codelm: params file {str(path)!r} does not exist")
+    doc = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(doc, dict) or not isinstance(doc.get("codelm"), dict):
+        raise ParameterError(f"{path}: expected a mapping with a 'codelm:' section")
+    d = json.loads(json.dumps(doc["codelm"]))  # a deep copy
+    for k, v in (overrides or {}).items():
+        _set_dotted(d, k, v)
+    return CodeLMParams.from_dict(d)

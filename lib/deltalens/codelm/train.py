@@ -1,0 +1,339 @@
+"""Train the local code LM on CPU: corpus -> tokenizer -> mambapy Mamba LM -> transformers model directory.
+
+Training samples windows of ``seq_len + 1`` tokens at seeded random offsets of the train token stream (documents
+joined by ``<|endoftext|>``), AdamW with linear warmup and cosine decay, gradient clipping, float32. It stops at
+``max_steps`` or after ``max_minutes``; the cosine follows the steps only, so the model never depends on the machine's
+speed (a run stopped early by the clock has not finished its decay; ``training.json`` records ``stopped_by``). A step's batch is
+processed in micro-batches whose gradients accumulate: mambapy's scan materialises (batch, seq_len, d_inner, d_state)
+float32 tensors, and on a CPU a step is several times faster per token while those fit the L3 cache.
+
+The held-out loss (nats per token) is measured every ``eval_every`` steps on a fixed set of windows of the
+held-out files (never trained on, nor seen by the tokenizer) and at the end; perplexity = exp(loss); bits per
+character (approximate: the loss times the held-out files' tokens-per-character ratio) make models with different
+tokenizers comparable.
+
+Output directory (written to a temporary sibling and renamed at the end, so an interrupted run leaves no half
+model): transformers ``config.json`` + ``model.safetensors`` + ``generation_config.json``, the tokenizer files,
+``training.json`` (parameters, corpus summary, curve, held-out loss, timings, versions) and ``corpus_manifest.json``
+(every file with its sha256, skipped files with reasons). If the directory already holds a model with the same key
+(hash of the parameters and of the corpus content) training is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..params import ParameterError, check_float, check_int
+
+if TYPE_CHECKING:
+    from .params import CodeLMParams
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seq_len: int = 512
+    batch_size: int = 4  # sequences per optimizer step
+    micro_batch_size: int = 1  # sequences per forward/backward (gradients accumulate): on a CPU the scan's
+    # (micro_batch, seq_len, d_inner, d_state) float32 tensors are far faster while they fit the L3 cache
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.1  # on matrices (Linear, embedding, conv) only, not on norms, biases, A_log, D
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    max_steps: int = 1000
+    max_minutes: float = 15.0
+    eval_every: int = 100
+    eval_tokens: int = 32768  # held-out tokens per evaluation (whole windows of seq_len)
+    eval_batch_size: int = 1
+    threads: int = 2  # torch CPU threads (0: leave torch's default)
+
+    def __post_init__(self) -> None:
+        where = "train"
+        for name in ("seq_len", "batch_size", "micro_batch_size", "max_steps", "eval_every", "eval_tokens",
+                     "eval_batch_size"):
+            check_int(name, getattr(self, name), minimum=1, where=where)
+        if self.batch_size % self.micro_batch_size:
+            raise ParameterError(f"{where}: parameter micro_batch_size={self.micro_batch_size} does not divide "
+                                 f"batch_size={self.batch_size}; allowed: a divisor of batch_size")
+        for name in ("warmup_steps", "threads"):
+            check_int(name, getattr(self, name), minimum=0, where=where)
+        for name in ("lr", "max_minutes"):
+            check_float(name, getattr(self, name), minimum=0, exclusive=True, where=where)
+        for name in ("min_lr_ratio", "weight_decay", "grad_clip"):
+            check_float(name, getattr(self, name), minimum=0, where=where)
+        if self.min_lr_ratio > 1:
+            raise ParameterError(f"{where}: parameter min_lr_ratio={self.min_lr_ratio} is out of range; allowed: 0..1")
+        b = self.betas
+        if not (isinstance(b, (list, tuple)) and len(b) == 2
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in b)):
+            raise ParameterError(f"{where}: parameter betas={b!r}; allowed: two numbers in [0, 1)")
+        object.__setattr__(self, "betas", (float(b[0]), float(b[1])))
+
+    def lr_factor(self, step: int, elapsed_s: float = 0.0) -> float:
+        """Warmup then cosine over ``max_steps`` — by steps only, so the schedule (and the model) never depends on
+        the machine's speed; ``max_minutes`` only stops a run early (recorded as ``stopped_by``)."""
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        progress = min(1.0, step / self.max_steps)
+        return warm * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ---- data ------------------------------------------------------------------------------------------------------------
+def token_stream(docs: list[list[int]], eos_id: int) -> torch.Tensor:
+    """``eos d1 eos d2 eos ...``: every document starts after an end-of-text token (int64, 1-D)."""
+    flat = [eos_id]
+    for ids in docs:
+        flat += ids
+        flat.append(eos_id)
+    return torch.tensor(flat, dtype=torch.long)
+
+
+def sample_windows(stream: torch.Tensor, seq_len: int, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """(batch_size, seq_len + 1) windows at seeded uniform offsets."""
+    hi = stream.numel() - seq_len - 1
+    if hi < 1:
+        raise ParameterError(f"train: parameter seq_len={seq_len} is too large for the train corpus "
+                             f"({stream.numel()} tokens); lower seq_len or raise corpus.max_chars")
+    starts = torch.randint(0, hi + 1, (batch_size,), generator=gen)
+    return torch.stack([stream[s:s + seq_len + 1] for s in starts.tolist()])
+
+
+def held_out_windows(stream: torch.Tensor, seq_len: int, max_tokens: int) -> torch.Tensor:
+    """Non-overlapping windows of ``seq_len + 1`` tokens spread evenly over the held-out stream (at most
+    ``max_tokens // seq_len`` of them); a held-out stream shorter than one window gives one shorter window."""
+    if stream.numel() < 2:
+        raise ParameterError("corpus: the held-out files have no tokens; raise corpus.held_out_fraction")
+    length = min(seq_len, stream.numel() - 1)
+    n = max(1, min(max_tokens // length, (stream.numel() - 1) // length))
+    spacing = (stream.numel() - 1 - length) // (n - 1) if n > 1 else 0  # >= length: the windows never overlap
+    return torch.stack([stream[i * spacing:i * spacing + length + 1] for i in range(n)])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, windows: torch.Tensor, batch_size: int) -> float:
+    """Mean next-token cross-entropy (nats/token) over every position of ``windows``."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, windows.shape[0], batch_size):
+        w = windows[s:s + batch_size]
+        logits = model(w[:, :-1])
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum"))
+        count += w[:, 1:].numel()
+    model.train(was_training)
+    return total / count
+
+
+def accumulate_gradients(model: nn.Module, batch: torch.Tensor, micro_batch_size: int) -> torch.Tensor:
+    """Backward of the batch's mean next-token loss, ``micro_batch_size`` windows at a time; returns the loss."""
+    loss = torch.zeros(())
+    for micro in batch.split(micro_batch_size):
+        logits = model(micro[:, :-1])
+        part = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), micro[:, 1:].reshape(-1))
+        weight = micro.shape[0] / batch.shape[0]
+        (part * weight).backward()
+        loss += part.detach() * weight
+    return loss
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():  # a tied weight appears once
+        (decay if p.dim() >= 2 and not getattr(p, "_no_weight_decay", False) else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_loop(model: nn.Module, opt: torch.optim.Optimizer, train_stream: torch.Tensor, windows: torch.Tensor,
+               tc: TrainConfig, gen: torch.Generator, progress: bool = True) -> tuple[list[dict], str, float]:
+    """Optimizer steps until ``max_steps`` or ``max_minutes``: (curve rows, what stopped it, seconds)."""
+    curve: list[dict[str, Any]] = []
+    step, stopped_by = 0, "max_steps"
+    t0 = time.perf_counter()
+    bar = tqdm(total=tc.max_steps, desc="train code LM", disable=not progress, mininterval=2.0)
+    while step < tc.max_steps:
+        elapsed = time.perf_counter() - t0
+        if elapsed > 60 * tc.max_minutes:
+            stopped_by = "max_minutes"
+            break
+        lr = tc.lr * tc.lr_factor(step, elapsed)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = sample_windows(train_stream, tc.seq_len, tc.batch_size, gen)
+        opt.zero_grad(set_to_none=True)
+        loss = accumulate_gradients(model, batch, tc.micro_batch_size).item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training diverged at step {step + 1} (train loss {loss}); lower train.lr")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
+        opt.step()
+        step += 1
+        bar.update(1)
+        row: dict[str, Any] = {"step": step, "seconds": round(time.perf_counter() - t0, 3), "lr": lr,
+                               "train_loss": loss}
+        if grad_norm is not None:
+            row["grad_norm"] = float(grad_norm)
+        if step % tc.eval_every == 0:
+            row["held_out_loss"] = evaluate(model, windows, tc.eval_batch_size)
+            bar.set_postfix(held_out=f"{row['held_out_loss']:.3f}")
+        curve.append(row)
+    bar.close()
+    if not curve:
+        raise ParameterError(f"train: parameter max_minutes={tc.max_minutes} left no time for a single step")
+    return curve, stopped_by, time.perf_counter() - t0
+
+
+# ---- the training run ------------------------------------------------------------------------------------------------
+@dataclass
+class TrainOutcome:
+    out: Path
+    reused: bool
+    summary: dict[str, Any]  # training.json
+
+    def describe(self) -> str:
+        s = self.summary
+        how = "reused (identical parameters and corpus)" if self.reused else f"trained in {s['train']['seconds']:.0f} s"
+        return (f"code LM {how}: {s['train']['steps']} steps, held-out loss {s['held_out']['loss']:.3f} nats/token "
+                f"(perplexity {s['held_out']['perplexity']:.1f}, {s['held_out']['bits_per_char']:.3f} bits/char) "
+                f"-> {self.out}")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "transformers", "tokenizers", "mambapy", "safetensors"):
+        out[pkg] = version(pkg)
+    return out
+
+
+def existing_key(out: Path) -> str | None:
+    """The key of the complete model in ``out``, if any."""
+    meta = out / "training.json"
+    needed = ("config.json", "model.safetensors", "tokenizer.json", "training.json")
+    if not all((out / f).is_file() for f in needed):
+        return None
+    try:
+        return json.loads(meta.read_text()).get("key")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def train_code_lm(params: "CodeLMParams", out: str | Path | None = None, progress: bool = True,
+                  force: bool = False) -> TrainOutcome:
+    """Build corpus and tokenizer, train, convert, save to ``out`` (default ``params.out``); reuse when identical."""
+    from ..paths import resolve
+    from .corpus import build_corpus
+    from .tokenizer import encode_documents, train_tokenizer
+
+    t_start = time.perf_counter()
+    out = resolve(out or params.out)
+    tc = params.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+
+    corpus = build_corpus(params.corpus)
+    key = params.key(corpus.key)
+    if not force and existing_key(out) == key:
+        os.utime(out / "config.json")  # make's file target is up to date again
+        return TrainOutcome(out, True, json.loads((out / "training.json").read_text()))
+    t_corpus = time.perf_counter() - t_start
+
+    t0 = time.perf_counter()
+    tokenizer = train_tokenizer(corpus.texts("train"), params.tokenizer)
+    eos_id = tokenizer.convert_tokens_to_ids(params.tokenizer.eos)
+    pad_id = tokenizer.convert_tokens_to_ids(params.tokenizer.pad)
+    train_stream = token_stream(encode_documents(tokenizer, corpus.texts("train")), eos_id)
+    held_stream = token_stream(encode_documents(tokenizer, corpus.texts("held_out")), eos_id)
+    t_tokenizer = time.perf_counter() - t0
+
+    from .model import build_lm, to_transformers
+
+    model = build_lm(params.model, vocab_size=len(tokenizer), seed=params.seed)
+    model.train()
+    opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
+    gen = torch.Generator().manual_seed(params.seed)
+    windows = held_out_windows(held_stream, tc.seq_len, tc.eval_tokens)
+
+    curve, stopped_by, train_seconds = train_loop(model, opt, train_stream, windows, tc, gen, progress)
+    step = curve[-1]["step"]
+    final = curve[-1]["held_out_loss"] if "held_out_loss" in curve[-1] else evaluate(
+        model, windows, tc.eval_batch_size)
+    model.eval()
+
+    hf = to_transformers(model, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id)
+    with torch.no_grad():  # the saved model is the trained model (checked again after reloading it from disk)
+        probe = windows[:1, :-1]
+        reference = model(probe)
+        conversion_diff = float((hf(probe, use_cache=False).logits - reference).abs().max())
+
+    held_chars = sum(len(t) for t in corpus.texts("held_out"))
+    held_tokens = held_stream.numel() - 1 - sum(1 for _ in corpus.texts("held_out"))  # without the separators
+    summary = {
+        "key": key,
+        "params": params.content_params(),
+        "corpus": {k: corpus.manifest[k] for k in ("python", "excluded_distributions", "content_sha256", "counts")},
+        "tokenizer": {
+            "vocab_size": len(tokenizer),
+            "train_tokens": int(train_stream.numel()),
+            "held_out_tokens": int(held_stream.numel()),
+            "train_chars_per_token": corpus.manifest["counts"]["train_chars"] / max(1, train_stream.numel()),
+        },
+        "model": {"n_parameters": model.n_parameters(), "architecture": "MambaForCausalLM",
+                  "conversion_max_abs_logit_diff": conversion_diff},
+        "train": {"steps": step, "stopped_by": stopped_by, "seconds": round(train_seconds, 2),
+                  "steps_per_second": step / train_seconds if train_seconds else None,
+                  "tokens_seen": step * tc.batch_size * tc.seq_len,
+                  "epochs": step * tc.batch_size * tc.seq_len / max(1, train_stream.numel())},
+        "held_out": {"loss": final, "perplexity": math.exp(final), "windows": int(windows.shape[0]),
+                     "tokens": int(windows[:, 1:].numel()),
+                     "bits_per_char": final / math.log(2) * held_tokens / max(1, held_chars)},
+        "seconds": {"corpus": round(t_corpus, 2), "tokenizer": round(t_tokenizer, 2), "train": round(train_seconds, 2),
+                    "total": None},
+        "versions": _versions(),
+        "curve": curve,
+    }
+    _save(out, hf, tokenizer, summary, corpus.manifest, probe, reference, t_start)
+    return TrainOutcome(out, False, summary)
+
+
+def _save(out: Path, hf, tokenizer, summary: dict, manifest: dict, probe: torch.Tensor, reference: torch.Tensor,
+          t_start: float) -> None:
+    """Write everything into a temporary sibling directory, reload it, then swap it in."""
+    from transformers import AutoModelForCausalLM
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        hf.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "corpus_manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp).eval()
+        with torch.no_grad():
+            diff = float((reloaded(probe, use_cache=False).logits - reference).abs().max())
+        if not diff <= 1e-4:
+            raise RuntimeError(f"the saved model does not reproduce the trained model (max logit diff {diff:.2e})")
+        summary["model"]["reload_max_abs_logit_diff"] = diff
+        summary["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
+        (tmp / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

@@ -1,0 +1,37 @@
+# ---- Δ from a pretrained Mamba LM per context chunk (issue 5) -----------------------------------------------------
+# Included by the main Makefile; uses PY, ENV_STAMP, PAPERMILL, EXECUTED, LIB_SRC, DATASET, CODELM.
+# One extraction per params/extract/<run>.yaml (model x prompt order). Extraction resumes sample by sample, so a rerun
+# after a code change only recomputes what is missing (delete data/processed/delta/<run> to start over).
+EXTRACT_PARAMS := $(sort $(wildcard params/extract/code-lm_*.yaml))
+EXTRACT_NAMES  := $(basename $(notdir $(EXTRACT_PARAMS)))
+EXTRACT_NBS    := $(EXTRACT_NAMES:%=$(EXECUTED)/03_extract_delta/%.ipynb)
+KAGGLE_PARAMS  := params/kaggle/falcon-mamba-7b.yaml
+KAGGLE         ?= kaggle
+KAGGLE_KERNEL  ?= $(KAGGLE_USERNAME)/deltalens-falcon-mamba-delta
+
+.PHONY: extract kaggle kaggle-push kaggle-pull bench-extract clean-delta
+
+$(EXECUTED)/03_extract_delta/%.ipynb: notebooks/03_extract_delta.ipynb params/extract/%.yaml $(CODELM) $(DATASET) $(LIB_SRC) | $(ENV_STAMP)
+	@mkdir -p $(@D)
+	$(PAPERMILL) -f params/extract/$*.yaml $< $@.tmp && mv $@.tmp $@
+
+extract: $(EXTRACT_NBS) ## Δ per context chunk from the local code LM, each prompt order (data/processed/delta/)
+
+kaggle: $(DATASET) | $(ENV_STAMP) ## build/kaggle/: the self-contained falcon-mamba-7b extraction notebook + dataset folder
+	$(PY) -m deltalens.kaggle -p $(KAGGLE_PARAMS) --out build/kaggle
+
+kaggle-push: kaggle ## upload the dataset and push the notebook to Kaggle (needs the kaggle CLI and its API token)
+	@command -v $(KAGGLE) >/dev/null || { echo "kaggle CLI not found: pip install kaggle, token in ~/.kaggle/kaggle.json"; exit 1; }
+	$(KAGGLE) datasets create -p build/kaggle/dataset || $(KAGGLE) datasets version -p build/kaggle/dataset -m "deltalens update"
+	$(KAGGLE) kernels push -p build/kaggle/kernel
+
+kaggle-pull: | $(ENV_STAMP) ## fetch the Kaggle run's outputs into data/kaggle/ and merge them (KAGGLE_USERNAME=you)
+	@command -v $(KAGGLE) >/dev/null || { echo "kaggle CLI not found: pip install kaggle, token in ~/.kaggle/kaggle.json"; exit 1; }
+	$(KAGGLE) kernels output $(KAGGLE_KERNEL) -p data/kaggle/falcon-mamba-7b
+	$(PY) -m deltalens.extract merge data/kaggle/falcon-mamba-7b/delta/falcon-mamba-7b/context_first
+
+bench-extract: $(CODELM) $(DATASET) | $(ENV_STAMP) ## capture overhead, peak memory, tokens/s of the extraction -> reports/bench/
+	$(PY) bench/bench_extract.py --out reports/bench/extract.json
+
+clean-delta: ## remove extracted Δ (data/processed/delta/) and its executed notebooks
+	rm -rf data/processed/delta $(EXECUTED)/03_extract_delta
