@@ -371,7 +371,7 @@ def extract(cfg: ExtractConfig, ds=None, lm=None, tokenizer=None, progress: bool
     from tqdm.auto import tqdm
 
     from .context import load
-    from .labeling.pipeline import dataset_fingerprint
+    from .context.schema import dataset_fingerprint
 
     cfg.check()
     i, n = process_shard(cfg.shard)

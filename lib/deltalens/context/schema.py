@@ -133,6 +133,16 @@ def make_frames(samples: list[dict], chunks: list[dict]) -> tuple[pd.DataFrame, 
     return frame(samples, SAMPLE_COLUMNS), frame(chunks, CHUNK_COLUMNS)
 
 
+def dataset_fingerprint(ds: ContextDataset) -> str:
+    """sha256 of what prompts are built from (ids, split, path, query, target, and every chunk's category, path and
+    text): caches and resumable runs derived from a dataset are reused only for exactly the same content."""
+    h = hashlib.sha256()
+    for frame, cols in ((ds.samples, ["sample_id", "split", "path", "prefix", "target"]),
+                        (ds.chunks, ["sample_id", "chunk_index", "category", "path", "text"])):
+        h.update(pd.util.hash_pandas_object(frame[cols], index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
 # ---- validation ---------------------------------------------------------------------------------------------------
 def _check_columns(df: pd.DataFrame, cols: dict, where: str) -> None:
     missing = [c for c in cols if c not in df.columns]

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..context.schema import dataset_fingerprint
 from ..params import ParameterError, check_choice, check_int, check_keys
 from ..paths import resolve
 from .base import LabelerUnavailable
@@ -104,16 +105,6 @@ class LabelingRun:
     reports: list[RunReport] = field(default_factory=list)
     store_problems: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
-
-
-def dataset_fingerprint(ds) -> str:
-    """sha256 of what the scores depend on: every chunk's text and every sample's query, with their ids and split."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for frame, cols in ((ds.samples, ["sample_id", "split", "prefix"]), (ds.chunks, ["sample_id", "chunk_index", "category", "text"])):
-        h.update(pd.util.hash_pandas_object(frame[cols], index=False).to_numpy().tobytes())
-    return h.hexdigest()
 
 
 def reference_scores(ds, methods: list[str], query_lines: int, cache: str | Path | None = None,
