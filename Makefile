@@ -16,7 +16,7 @@ SYN_NAMES  := $(basename $(notdir $(SYN_PARAMS)))
 SYN_NBS    := $(SYN_NAMES:%=$(EXECUTED)/01_synthetic/%.ipynb)
 SYN_SUMMARY := reports/synthetic/summary.csv
 
-.PHONY: help env lab synthetic all test smoke bench clean clean-models lock
+.PHONY: help env lab synthetic all test smoke bench bench-gpu bench-gpu-tiny clean clean-models lock
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_/%.-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -58,9 +58,15 @@ smoke: code-lm-smoke | $(ENV_STAMP) ## execute every notebook once with tiny par
 test: $(ENV_STAMP) ## unit tests + every notebook through papermill with tiny parameters
 	$(PY) -m pytest -q
 
-bench: $(ENV_STAMP) ## speed benchmarks -> reports/bench/
+bench: bench-extract bench-dataset bench-gpu-tiny | $(ENV_STAMP) ## every CPU benchmark -> reports/bench/ (GPU: make bench-gpu)
 	$(PY) bench/bench_capture.py --out reports/bench/capture_overhead.json
 	$(PY) bench/bench_time_to_target.py --out reports/bench/time_to_target.csv
+
+bench-gpu: $(DATASET) | $(ENV_STAMP) ## falcon-mamba-7b-shaped random model on a CUDA GPU: paths, tokens/s, memory, hours
+	$(PY) bench/bench_gpu_scale.py --out reports/bench/gpu_scale.json
+
+bench-gpu-tiny: $(DATASET) | $(ENV_STAMP) ## the GPU scale benchmark's code on a tiny model on the CPU (seconds)
+	$(PY) bench/bench_gpu_scale.py --tiny --out reports/bench/gpu_scale_tiny.json
 
 clean: ## remove executed notebooks, figures and reports (keeps trained models and data)
 	rm -rf reports/executed reports/figures reports/synthetic reports/smoke reports/bench

@@ -107,7 +107,7 @@ def main() -> None:
         stored = statistics.mean(p.stat().st_size for p in parts)
     full_delta = statistics.mean(e.input_ids.shape[1] for e in encs) * facts["n_layers"] * facts["d_inner"] * 4
     result = {
-        "model": args.model, "facts": facts, "device": args.device, "mambapy_scan": scan, "threads": args.threads,
+        "model": args.model, "facts": facts, "device": args.device, "scan": scan.as_dict(), "threads": args.threads,
         "machine": platform.processor() or platform.machine(), "samples": args.samples,
         "mean_tokens_per_sample": tokens / args.samples, "repeats": args.repeats,
         "seconds_median": med, "capture_time_ratio": med["capture"] / med["plain"], "time_target": 1.05,

@@ -6,7 +6,7 @@ RESULTS         := reports/analysis/results.md
 
 .PHONY: analysis readme-results
 
-$(ANALYSIS_NB): notebooks/04_analysis.ipynb $(ANALYSIS_PARAMS) $(EXTRACT_NBS) $(EXECUTED)/02_label_context.ipynb $(LIB_SRC) | $(ENV_STAMP)
+$(ANALYSIS_NB): notebooks/04_analysis.ipynb $(ANALYSIS_PARAMS) $(EXTRACT_NBS) $(EXECUTED)/02_label_context.ipynb $(LABELS_LOCAL_NB) $(LIB_SRC) | $(ENV_STAMP)
 	@mkdir -p $(@D)
 	$(PAPERMILL) -f $(ANALYSIS_PARAMS) $< $@.tmp && mv $@.tmp $@
 

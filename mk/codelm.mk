@@ -6,15 +6,24 @@
 CODELM_PARAMS := params/codelm/default.yaml
 CODELM_DIR    := data/models/code-lm
 CODELM        := $(CODELM_DIR)/config.json
+# the plain, context-blind code LM: the ablation, and the model the default one continues (init_from)
+CODELM_PLAIN_PARAMS := params/codelm/plain.yaml
+CODELM_PLAIN_DIR    := data/models/code-lm-plain
+CODELM_PLAIN        := $(CODELM_PLAIN_DIR)/config.json
 # the corpus.exclude_dataset_params of the default params: a change of the dataset's projects changes the corpus
 CODELM_EXCLUDE := params/dataset/default.yaml
 
-.PHONY: code-lm code-lm-smoke
+.PHONY: code-lm code-lm-plain code-lm-smoke
 
-$(CODELM): $(CODELM_PARAMS) $(CODELM_EXCLUDE) $(LIB_SRC) | $(ENV_STAMP)
+$(CODELM_PLAIN): $(CODELM_PLAIN_PARAMS) $(CODELM_EXCLUDE) $(LIB_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_PLAIN_PARAMS) --out $(CODELM_PLAIN_DIR)
+
+$(CODELM): $(CODELM_PARAMS) $(CODELM_PLAIN) $(CODELM_EXCLUDE) $(LIB_SRC) | $(ENV_STAMP)
 	$(PY) -m deltalens.codelm train -p $(CODELM_PARAMS) --out $(CODELM_DIR)
 
-code-lm: $(CODELM) ## train the local code LM on CPU (<= 15 min; data/models/code-lm/: transformers Mamba + tokenizer)
+code-lm-plain: $(CODELM_PLAIN) ## train the plain (context-blind) code LM on CPU: the ablation (data/models/code-lm-plain/)
+
+code-lm: $(CODELM) ## train the context-reading code LM on CPU (continues code-lm-plain; data/models/code-lm/)
 
 code-lm-smoke: | $(ENV_STAMP) ## tiny code LM in seconds (data/models/code-lm-smoke/) to try the extraction path
 	$(PY) -m deltalens.codelm train -p params/codelm/smoke.yaml --out data/models/code-lm-smoke

@@ -3,6 +3,10 @@
 DATASET_PARAMS := params/dataset/default.yaml
 DATASET_DIR    := data/processed/context
 DATASET        := $(DATASET_DIR)/manifest.json
+# the local evaluation profile (the same completion points, fewer / shorter chunks: prompts the local LM was trained on)
+DATASET_LOCAL_PARAMS := params/dataset/local.yaml
+DATASET_LOCAL_DIR    := data/processed/context_local
+DATASET_LOCAL        := $(DATASET_LOCAL_DIR)/manifest.json
 
 .PHONY: dataset dataset-verify dataset-report bench-dataset
 
@@ -10,10 +14,14 @@ DATASET        := $(DATASET_DIR)/manifest.json
 $(DATASET): $(DATASET_PARAMS) $(LIB_SRC) | $(ENV_STAMP)
 	$(PY) -m deltalens.context build -p $(DATASET_PARAMS) --out $(DATASET_DIR)
 
-dataset: $(DATASET) ## build the code-context dataset offline (data/processed/context/: parquet + manifest)
+$(DATASET_LOCAL): $(DATASET_LOCAL_PARAMS) $(LIB_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.context build -p $(DATASET_LOCAL_PARAMS) --out $(DATASET_LOCAL_DIR)
 
-dataset-verify: $(DATASET) ## re-verify the ground truth of every sample of the context dataset
+dataset: $(DATASET) $(DATASET_LOCAL) ## build the code-context dataset and its local profile offline (data/processed/context*/)
+
+dataset-verify: $(DATASET) $(DATASET_LOCAL) ## re-verify the ground truth of every sample of both context datasets
 	$(PY) -m deltalens.context verify $(DATASET_DIR)
+	$(PY) -m deltalens.context verify $(DATASET_LOCAL_DIR)
 
 $(EXECUTED)/00_context_dataset.ipynb: notebooks/00_context_dataset.ipynb $(DATASET_PARAMS) $(DATASET) | $(ENV_STAMP)
 	@mkdir -p $(@D)

@@ -2,7 +2,7 @@
 # Included by the main Makefile; uses PY, ENV_STAMP, PAPERMILL, EXECUTED, LIB_SRC, DATASET, CODELM.
 # One extraction per params/extract/<run>.yaml (model x prompt order). Extraction resumes sample by sample, so a rerun
 # after a code change only recomputes what is missing (delete data/processed/delta/<run> to start over).
-EXTRACT_PARAMS := $(sort $(wildcard params/extract/code-lm_*.yaml))
+EXTRACT_PARAMS := $(sort $(wildcard params/extract/code-lm*.yaml))
 EXTRACT_NAMES  := $(basename $(notdir $(EXTRACT_PARAMS)))
 EXTRACT_NBS    := $(EXTRACT_NAMES:%=$(EXECUTED)/03_extract_delta/%.ipynb)
 KAGGLE_PARAMS  := params/kaggle/falcon-mamba-7b.yaml
@@ -11,7 +11,7 @@ KAGGLE_KERNEL  ?= $(KAGGLE_USERNAME)/deltalens-falcon-mamba-delta
 
 .PHONY: extract kaggle kaggle-push kaggle-pull bench-extract clean-delta
 
-$(EXECUTED)/03_extract_delta/%.ipynb: notebooks/03_extract_delta.ipynb params/extract/%.yaml $(CODELM) $(DATASET) $(LIB_SRC) | $(ENV_STAMP)
+$(EXECUTED)/03_extract_delta/%.ipynb: notebooks/03_extract_delta.ipynb params/extract/%.yaml $(CODELM) $(CODELM_PLAIN) $(DATASET) $(DATASET_LOCAL) $(LIB_SRC) | $(ENV_STAMP)
 	@mkdir -p $(@D)
 	$(PAPERMILL) -f params/extract/$*.yaml $< $@.tmp && mv $@.tmp $@
 

@@ -3,6 +3,8 @@
 LABEL_PARAMS    := params/labeling/default.yaml
 LABEL_ENDPOINTS := data/interim/labels/endpoints.json
 LABELS          := data/processed/labels/labels.parquet
+LABEL_LOCAL_PARAMS := params/labeling/local.yaml
+LABELS_LOCAL_NB    := $(EXECUTED)/02_label_context_local.ipynb
 
 .PHONY: labeling label-export FORCE
 FORCE:
@@ -18,7 +20,12 @@ $(EXECUTED)/02_label_context.ipynb: notebooks/02_label_context.ipynb $(LABEL_PAR
 
 $(LABELS): $(EXECUTED)/02_label_context.ipynb
 
-labeling: $(EXECUTED)/02_label_context.ipynb ## label context chunks (reference + every configured LLM), measure label quality
+# the reference scores of the local evaluation profile (the baselines of the local LM's analysis)
+$(LABELS_LOCAL_NB): notebooks/02_label_context.ipynb $(LABEL_LOCAL_PARAMS) $(DATASET_LOCAL) $(LIB_SRC) | $(ENV_STAMP)
+	@mkdir -p $(@D)
+	$(PAPERMILL) -f $(LABEL_LOCAL_PARAMS) $< $@.tmp && mv $@.tmp $@
+
+labeling: $(EXECUTED)/02_label_context.ipynb $(LABELS_LOCAL_NB) ## label context chunks (reference + every configured LLM), measure label quality
 
 label-export: $(DATASET) | $(ENV_STAMP) ## export labeling prompts for the manual chat-window workflow
 	$(PY) -m deltalens.labeling export -p $(LABEL_PARAMS)

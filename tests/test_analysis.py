@@ -137,3 +137,48 @@ def test_analysis_notebook_tiny(pipeline):
     assert "| BM25 |" in results and "Filtering (3 test samples" in results
     for f in ("scores_relevant.png", "delta_auc_by_layer.png", "per_category.png", "filtering.png"):
         assert (root / "fig" / f).stat().st_size > 0
+    # the context gain and leave-one-out figures equal a recomputation from the saved parquet files
+    meta = ds.samples.set_index("sample_id")
+    for row in m["context_gain"]:
+        s = pd.read_parquet(runs[row["run"]] + "/samples.parquet")
+        s = s[s["sample_id"].map(meta["split"]) == "test"]
+        direct = (s["target_loss_no_context"] - s["target_loss"]).mean()
+        assert row["context_gain"] == pytest.approx(direct) and row["samples"] == len(s)
+        assert row["gain_lo"] <= row["context_gain"] <= row["gain_hi"]
+        assert row["exact_match_with"] == pytest.approx(s["exact_match"].mean())
+        assert f"**{row['context_gain']:.3f}**" in results
+    loo = m["leave_one_out_by_category"]["tiny/context_first"]
+    lm_rows = pd.read_parquet(root / "context_first/chunk_lm.parquet").dropna(subset=["loss_gain"])
+    j = lm_rows.merge(ds.chunks[["sample_id", "chunk_index", "category"]], on=["sample_id", "chunk_index"])
+    j = j[j["sample_id"].map(meta["split"]) == "test"]
+    for r in loo:
+        g = j if r["category"] == "all" else j[j["category"] == r["category"]]
+        assert r["mean_gain"] == pytest.approx(g["loss_gain"].mean()) and r["chunks"] == len(g)
+        assert f"{r['mean_gain']:.4f}" in results
+
+
+def test_cluster_bootstrap_resamples_projects_then_samples():
+    from deltalens.context_use import cluster_bootstrap_mean
+
+    rng = np.random.default_rng(0)
+    # two projects with very different means: the project-level resampling must widen the interval far beyond a
+    # sample-level bootstrap of 200 values
+    values = np.r_[rng.normal(0.0, 0.1, 100), rng.normal(1.0, 0.1, 100)]
+    samples = np.arange(200)
+    projects = np.array(["a"] * 100 + ["b"] * 100)
+    mean, lo, hi = cluster_bootstrap_mean(values, samples, projects, n_boot=500, seed=0)
+    assert mean == pytest.approx(values.mean()) and lo < 0.2 and hi > 0.8
+    # values of one sample are drawn together; NaN values are left out
+    mean2, lo2, hi2 = cluster_bootstrap_mean(np.append(values, np.nan), np.append(samples, 0), np.append(projects, "a"),
+                                             500, 0)
+    assert (mean2, lo2, hi2) == (mean, lo, hi)
+    same = cluster_bootstrap_mean(np.ones(10), np.arange(10), np.zeros(10), 50, 0)
+    assert same == (1.0, 1.0, 1.0)
+
+
+def test_labels_of_another_dataset_are_refused(pipeline, tmp_path):
+    root, ds, runs = pipeline
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels/metrics.json").write_text(json.dumps({"dataset_fingerprint": "0" * 64}))
+    with pytest.raises(ValueError, match="labels of another dataset"):
+        an.chunk_table(ds, runs, tmp_path / "labels")

@@ -102,25 +102,25 @@ def test_chunk_stats_equal_stats_of_full_delta_and_loss_equals_models_own(lm, ds
 
 def test_run_resume_shards_merge_and_leave_one_out(lm, ds, tmp_path, monkeypatch):
     model, tok = lm
-    cfg = _cfg(tmp_path, leave_one_out=True, max_samples=4)
+    cfg = _cfg(tmp_path, leave_one_out=True, max_samples=4, batch_tokens=1)  # one sample per group, one row per batch
     calls = []
-    real = ex.forward_sample
+    real = ex.forward_all
 
     def crashing(*a, **k):
         calls.append(k.get("capture", True))
         if sum(calls) == 3:  # the third sample's Δ forward dies (a kill / crash mid-run)
             raise KeyboardInterrupt
         return real(*a, **k)
-    monkeypatch.setattr(ex, "forward_sample", crashing)
+    monkeypatch.setattr(ex, "forward_all", crashing)
     with pytest.raises(KeyboardInterrupt):
         ex.extract(cfg, ds=ds, lm=model, tokenizer=tok, progress=False)
-    monkeypatch.setattr(ex, "forward_sample", real)
+    monkeypatch.setattr(ex, "forward_all", real)
     s = ex.extract(cfg, ds=ds, lm=model, tokenizer=tok, progress=False)
     assert (s.done_before, s.done_now) == (2, 2)  # finished samples were kept, nothing recomputed
     assert ex.extract(cfg, ds=ds, lm=model, tokenizer=tok, progress=False).done_now == 0
     one = ex.merge(cfg.out_dir)
 
-    cfg2 = _cfg(tmp_path / "sharded", leave_one_out=True, max_samples=4)
+    cfg2 = _cfg(tmp_path / "sharded", leave_one_out=True, max_samples=4, batch_tokens=1)
     for shard in ("1/2", "0/2"):
         cfg2.shard = shard
         ex.extract(cfg2, ds=ds, lm=model, tokenizer=tok, progress=False)

@@ -87,6 +87,17 @@ def chunk_table(ds, runs: dict[str, str | Path] | None = None, labels_dir: str |
         t = t[keep]
     if labels_dir is not None:
         ld = resolve(labels_dir)
+        metrics = ld / "metrics.json"
+        if metrics.is_file():  # labels and scores of another dataset must not be joined by (sample_id, chunk_index)
+            import json
+
+            from .context.schema import dataset_fingerprint
+
+            fp = json.loads(metrics.read_text()).get("dataset_fingerprint")
+            if fp is not None and fp != dataset_fingerprint(ds):
+                raise ValueError(f"labels_dir={str(labels_dir)!r} holds labels of another dataset (fingerprint "
+                                 f"{fp[:12]} vs {dataset_fingerprint(ds)[:12]}); run the labeling notebook on this "
+                                 "dataset (make labeling) or point labels_dir at its output")
         if (ld / "reference_scores.parquet").is_file():
             ref = pd.read_parquet(ld / "reference_scores.parquet").set_index(["sample_id", "chunk_index"])
             t = t.join(ref[[c for c in BASELINES if c in ref.columns]])

@@ -128,7 +128,8 @@ def capture_delta(
 
     def make_hook(i: int, mixer: nn.Module):
         def hook(_module, _inputs, output):
-            with torch.no_grad():
+            # float32 whatever the model runs in: autocast (half-precision parallel scan) would recompute in bf16
+            with torch.no_grad(), torch.autocast(output.device.type, enabled=False):
                 out = output if output.dim() == 3 else output.unsqueeze(1)
                 delta = delta_from_x_proj(mixer, out)
                 kept = reduce(delta) if reduce is not None else delta

@@ -8,11 +8,15 @@ a layer lives only inside its hook. Per chunk, those statistics are averaged ove
 forward gives the LM's loss on the target line and each chunk's self-information (mean NLL of its tokens in
 context: the Selective-Context / LLMLingua score), with ``lm_head`` applied in slices so the logits of a 65k
 vocabulary are never materialised for the whole prompt; with ``leave_one_out``, one more forward per chunk gives the
-loss without that chunk (a model-grounded relevance label: how much the chunk helps).
+loss without that chunk (a model-grounded relevance label: how much the chunk helps). The model, its dtype, scan
+path and the batched forwards live in :mod:`deltalens.lm_runtime`: the full prompts of a group of samples go through
+the model as batches with capture, their leave-one-out variants as batches without.
 
 Output folder (``out_dir``)::
 
-    run.json                      parameters, model facts, dataset fingerprint, versions (resume refuses a mismatch)
+    run.json                      parameters, model facts, dataset fingerprint, versions, runtime (resume refuses a
+                                  mismatch once a sample is finished)
+    shard-<i>-of-<n>/sessions.jsonl      every (re)start: scan path, dtype, autocast, batch_tokens, device, versions
     shard-<i>-of-<n>/parts/<k>.parquet   chunk x layer statistics of sample k   } a sample is finished when its
     shard-<i>-of-<n>/parts/<k>.json      sample record (+ leave-one-out losses) } .json exists (written last)
     shard-<i>-of-<n>/parts/<k>.tokens.safetensors   per-token statistics (optional: save_token_stats)
@@ -26,30 +30,32 @@ selected sample is there exactly once.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .capture import capture_delta, find_mixers
-from .params import ParameterError, check_choice, check_int
+from .lm_runtime import (DTYPES, SCANS, ModelLoadError, auto_batch_tokens, estimate_hours, forward_all,  # noqa: F401
+                         forward_batch, forward_sample, load_lm, model_facts, peak_memory_mb, resolve_device,
+                         set_scan, target_metrics)
+from .params import ParameterError, check_bool, check_choice, check_int
 from .paths import resolve
-from .prompts import ORDERS, layout, token_ranges
-from .scores import token_stats
+from .prompts import ORDERS, TRUNCATION, Encoded, LayoutPolicy, encode  # noqa: F401
+from .scores import DELTA_SCORES
 
 STATS = ("mean", "mean_log", "l2", "max")
-TRUNCATION = ("drop_chunks", "left", "error")
-DTYPES = ("float32", "bfloat16", "float16", "auto")
+assert set(STATS) == set(DELTA_SCORES)
+KAGGLE_SESSION_HOURS = 12.0
 
 
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message says what to pass instead."""
+class ExtractionError(RuntimeError):
+    """A forward failed on some samples; the message names them and what to do (finished samples are kept)."""
 
 
 @dataclass
@@ -67,21 +73,35 @@ class ExtractConfig:
     shard: str = "0/1"                      # i/n: this run takes samples k with k % n == i
     leave_one_out: bool = False             # one more forward per chunk: loss without it
     loo_samples: int | None = None          # leave-one-out on this many of the samples only (hash subset; None = all)
+    loo_split: str | None = None            # leave-one-out only on the samples of this split (None = every split)
     save_token_stats: bool = False          # per-token statistics per sample (safetensors)
-    dtype: str = "float32"                  # float32 | bfloat16 | float16 | auto
+    dtype: str = "float32"                  # float32 | bfloat16 | float16 | half (bf16 where native, else fp16) | auto
     device: str = "cpu"                     # cpu | cuda | cuda:1 | auto (cuda when available)
     device_map: str | None = None           # "auto" spreads one model over several GPUs (accelerate)
     allow_download: bool = False            # hub ids: try the hub after the local cache (Kaggle: true)
-    use_mambapy: str | bool = "auto"        # transformers' own mambapy parallel scan instead of its sequential loop
-                                            # (same Δ; auto = on for small models on the CPU, see set_scan)
+    scan: str = "auto"                      # auto | cuda_kernels | mambapy | sequential (lm_runtime: same Δ, speed)
+    batch_tokens: int | str = "auto"        # padded tokens per forward (auto: from the free memory)
 
     def check(self) -> "ExtractConfig":
         check_choice("order", self.order, ORDERS)
         check_choice("truncation", self.truncation, TRUNCATION)
         check_choice("dtype", self.dtype, DTYPES)
-        check_choice("use_mambapy", self.use_mambapy, ("auto", True, False))
+        check_choice("scan", self.scan, SCANS)
         check_int("max_tokens", self.max_tokens, minimum=16)
         check_int("query_chars", self.query_chars, minimum=0)
+        if self.batch_tokens != "auto":
+            check_int("batch_tokens", self.batch_tokens, minimum=1)
+        for name in ("leave_one_out", "save_token_stats", "allow_download"):
+            check_bool(name, getattr(self, name))
+        for name in ("model", "dataset_dir", "out_dir"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ParameterError(f"parameter {name}={getattr(self, name)!r}: expected a non-empty path")
+        check_choice("device_map", self.device_map, (None, "auto", "balanced", "balanced_low_0", "sequential"))
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|auto|cuda(:\d+)?", self.device):
+            raise ParameterError(f"parameter device={self.device!r} is not allowed; allowed: cpu, cuda, cuda:N, auto")
+        for name in ("split", "loo_split"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ParameterError(f"parameter {name}={getattr(self, name)!r}: expected null, 'dev' or 'test'")
         for name in ("max_samples", "loo_samples"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), minimum=1)
@@ -90,10 +110,13 @@ class ExtractConfig:
         parse_shard(self.shard)
         return self
 
+    def layout_policy(self) -> LayoutPolicy:
+        return LayoutPolicy(self.order, self.query_chars, self.max_tokens, self.truncation)
+
     def run_key(self) -> dict:
         """What must agree between a run folder and a resumed / sibling-shard run."""
         d = asdict(self)
-        for k in ("shard", "device", "device_map", "allow_download", "out_dir", "dataset_dir", "use_mambapy"):
+        for k in ("shard", "device", "device_map", "allow_download", "out_dir", "dataset_dir", "scan", "batch_tokens"):
             d.pop(k)
         return d
 
@@ -112,179 +135,6 @@ def process_shard(shard: str, environ=os.environ) -> tuple[int, int]:
     i, n = parse_shard(shard)
     world, rank = int(environ.get("WORLD_SIZE", 1)), int(environ.get("RANK", 0))
     return i * world + rank, n * world
-
-
-# ---- model --------------------------------------------------------------------------------------------------------
-def _device(device: str, environ=os.environ) -> str:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and int(environ.get("WORLD_SIZE", 1)) > 1:
-        device = f"cuda:{int(environ.get('LOCAL_RANK', 0))}"
-    return device
-
-
-def load_lm(model: str, *, dtype: str = "float32", device: str = "cpu", device_map: str | None = None,
-            allow_download: bool = False):
-    """(model in eval mode, fast tokenizer) from a local path, the local Hugging Face cache, or — with
-    ``allow_download`` — the hub. Clear errors for an unreachable id and for a model without Mamba mixers."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    local = Path(model).exists() or resolve(model).exists()
-    path = str(resolve(model)) if local and not Path(model).exists() else model
-    is_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", model) is not None and not local
-    if not local and not is_hub_id:
-        raise ModelLoadError(f"parameter model={model!r}: no such local directory (and not a hub id like "
-                             "'tiiuae/falcon-mamba-7b'); train the default model with `make code-lm`")
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    kw = {"dtype": torch_dtype}
-    if device_map:
-        kw["device_map"] = device_map
-    attempts = [True] if local or not allow_download else [True, False]
-    err = None
-    for local_only in attempts:
-        try:
-            tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-            lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=local_only, **kw)
-            break
-        except (OSError, ValueError) as e:
-            err = e
-    else:
-        hint = ("the Hugging Face hub is not reachable from here: download the model elsewhere "
-                "(`huggingface-cli download " + model + " --local-dir DIR`) and pass model=DIR"
-                if is_hub_id and not allow_download else "check the path / id (and allow_download for the hub)")
-        raise ModelLoadError(f"could not load model {model!r}: {hint}. ({type(err).__name__}: {str(err)[:300]})") from None
-    if not getattr(tok, "is_fast", False):
-        raise ModelLoadError(f"model {model!r}: its tokenizer is not a fast tokenizer; offsets are needed to map chunks "
-                             "to tokens")
-    try:
-        find_mixers(lm)
-    except ValueError as e:
-        raise ModelLoadError(f"model {model!r}: {e}") from None
-    if not device_map:
-        lm = lm.to(_device(device))
-    return lm.eval(), tok
-
-
-def set_scan(lm, use_mambapy: str | bool = "auto") -> bool:
-    """Switch transformers' Mamba / FalconMamba mixers to mambapy's parallel scan (``use_mambapy``, a config option
-    of the unmodified library). Δ is computed before the scan, so it is the same either way; only the speed changes.
-    ``auto``: on for small models on the CPU (d_inner <= 128), where the sequential loop's per-token overhead
-    dominates — measured here: 40x faster at d_inner 64, but 0.75x at d_inner 512 with ~4000-token prompts, where
-    the parallel scan's (L, d_inner, d_state) tensors cost more than the loop."""
-    from importlib.util import find_spec
-
-    small = find_mixers(lm)[0][1].dt_proj.out_features <= 128
-    on = (next(lm.parameters()).device.type == "cpu" and small) if use_mambapy == "auto" else bool(use_mambapy)
-    on = on and find_spec("mambapy") is not None
-    for _, mixer in find_mixers(lm):
-        if hasattr(mixer, "use_mambapy"):
-            mixer.use_mambapy = on
-    if hasattr(lm.config, "use_mambapy"):
-        lm.config.use_mambapy = on
-    return on
-
-
-def model_facts(lm) -> dict:
-    mixers = find_mixers(lm)
-    m0 = mixers[0][1]
-    return {"architecture": type(lm).__name__, "n_layers": len(mixers), "d_inner": int(m0.dt_proj.out_features),
-            "dtype": str(next(lm.parameters()).dtype).replace("torch.", ""),
-            "n_parameters": int(sum(p.numel() for p in lm.parameters()))}
-
-
-# ---- one sample ---------------------------------------------------------------------------------------------------
-@dataclass
-class Encoded:
-    input_ids: torch.Tensor                       # (1, L)
-    chunk_tokens: list[tuple[int, int] | None]    # per chunk_index
-    target_tokens: tuple[int, int]
-    n_tokens_full: int                            # before truncation
-    dropped: list[int] = field(default_factory=list)   # chunks left out by truncation
-    cut_tokens: int = 0                           # tokens cut from the left (truncation 'left')
-
-
-def encode(tokenizer, sample: dict, cfg: ExtractConfig, drop=()) -> Encoded:
-    """Tokenize the layout of ``sample`` with chunk / target token ranges, truncated per ``cfg.truncation``."""
-    dropped = list(drop)
-    first = None
-    order = sorted(c["chunk_index"] for c in sample["chunks"])
-    while True:
-        lp = layout(sample, cfg.order, drop=dropped, query_chars=cfg.query_chars)
-        enc = tokenizer(lp.text, return_offsets_mapping=True, add_special_tokens=False)
-        ids, offsets = enc["input_ids"], np.asarray(enc["offset_mapping"]).reshape(-1, 2)
-        first = len(ids) if first is None else first
-        if len(ids) <= cfg.max_tokens:
-            break
-        if cfg.truncation == "error":
-            raise ParameterError(f"sample {sample['sample_id']!r}: {len(ids)} tokens > max_tokens={cfg.max_tokens} "
-                                 "(truncation='error'; use 'drop_chunks' or 'left', or raise max_tokens)")
-        if cfg.truncation == "left":
-            cut = len(ids) - cfg.max_tokens
-            ranges = token_ranges(offsets, list(lp.chunk_spans) + [lp.target_span])
-            tgt = ranges[-1]
-            if tgt[0] - cut < 1:
-                raise ParameterError(f"sample {sample['sample_id']!r}: the target line does not fit in "
-                                     f"max_tokens={cfg.max_tokens}")
-            chunks = [None if r is None or r[1] <= cut else (max(r[0] - cut, 0), r[1] - cut) for r in ranges[:-1]]
-            return Encoded(torch.tensor([ids[cut:]]), chunks, (tgt[0] - cut, tgt[1] - cut), first,
-                           [i for i, (r, c) in enumerate(zip(ranges[:-1], chunks)) if r is not None and c is None], cut)
-        remaining = [i for i in order if i not in dropped]
-        if not remaining:
-            raise ParameterError(f"sample {sample['sample_id']!r}: even without any chunk the prompt has {len(ids)} "
-                                 f"tokens > max_tokens={cfg.max_tokens}")
-        dropped.append(remaining[0])  # the chunk farthest from the target line
-    ranges = token_ranges(offsets, list(lp.chunk_spans) + [lp.target_span])
-    return Encoded(torch.tensor([ids]), ranges[:-1], ranges[-1], first, [i for i in dropped if i not in drop])
-
-
-def _backbone_and_head(lm):
-    return lm.base_model, lm.get_output_embeddings()
-
-
-def _token_nll(head, hidden: torch.Tensor, ids: torch.Tensor, start: int, end: int, slice_len: int = 1024) -> np.ndarray:
-    """NLL of tokens ``start..end-1`` given what precedes them, ``lm_head`` applied ``slice_len`` positions at a time."""
-    out = []
-    for a in range(start, end, slice_len):
-        b = min(end, a + slice_len)
-        logits = head(hidden[0, a - 1:b - 1]).float()
-        out.append(torch.nn.functional.cross_entropy(logits, ids[0, a:b], reduction="none").cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
-
-
-@torch.no_grad()
-def forward_sample(lm, enc: Encoded, *, capture: bool = True, layers=None, token_nll: bool = False):
-    """(per-layer token statistics {stat: (L,) float32 numpy} or None, mean NLL of the target line in nats/token,
-    per-token NLL (L,) with NaN at position 0 — or None without ``token_nll``)."""
-    backbone, head = _backbone_and_head(lm)
-    device = next(lm.parameters()).device
-    ids = enc.input_ids.to(device)
-    t0, t1 = enc.target_tokens
-    if capture:
-        with capture_delta(lm, reduce=token_stats, layers=layers) as rec:
-            hidden = backbone(input_ids=ids).last_hidden_state
-        stats = [{k: v[0].float().numpy() for k, v in d.items()} for d in rec.last()]
-    else:
-        hidden, stats = backbone(input_ids=ids).last_hidden_state, None
-    nll = None
-    if token_nll:
-        nll = np.concatenate([[np.nan], _token_nll(head, hidden, ids, 1, ids.shape[1])]).astype(np.float32)
-        loss = float(nll[t0:t1].mean())
-    else:
-        loss = float(_token_nll(head, hidden, ids, t0, t1).mean())
-    return stats, loss, nll
-
-
-@torch.no_grad()
-def target_metrics(lm, enc: Encoded) -> tuple[float, bool]:
-    """(mean NLL of the target line, greedy exact match): teacher-forced argmax equal to every target token is
-    exactly what greedy decoding would produce, so one forward gives both."""
-    backbone, head = _backbone_and_head(lm)
-    ids = enc.input_ids.to(next(lm.parameters()).device)
-    t0, t1 = enc.target_tokens
-    hidden = backbone(input_ids=ids).last_hidden_state
-    logits = head(hidden[0, t0 - 1:t1 - 1]).float()
-    loss = torch.nn.functional.cross_entropy(logits, ids[0, t0:t1]).item()
-    return loss, bool((logits.argmax(-1) == ids[0, t0:t1]).all())
 
 
 def chunk_rows(sample_id: str, enc: Encoded, stats: list[dict], layer_ids: list[int]) -> pd.DataFrame:
@@ -322,9 +172,15 @@ def select_samples(ds, split: str | None, max_samples: int | None) -> list[str]:
 
 
 def _versions() -> dict:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {p: version(p) for p in ("torch", "transformers", "tokenizers")}
+    out = {}
+    for p in ("torch", "transformers", "tokenizers", "mambapy", "mamba_ssm", "causal_conv1d"):
+        try:
+            out[p] = version(p.replace("_", "-"))
+        except PackageNotFoundError:
+            out[p] = None
+    return out
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -333,15 +189,27 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _check_run_json(out: Path, key: dict) -> None:
+def _finished(out: Path) -> list[Path]:
+    return sorted(out.glob("shard-*-of-*/parts/*.json"))
+
+
+def _check_run_json(out: Path, key: dict, n_shards: int) -> None:
+    """Refuse a folder that holds finished samples of a run with other parameters or another shard count; a folder
+    with no finished sample does not pin anything (a run that failed on its first sample can be rerun corrected)."""
     f = out / "run.json"
-    if f.is_file():
+    done = _finished(out)
+    if f.is_file() and done:
         old = json.loads(f.read_text())
         if old.get("key") != json.loads(json.dumps(key)):
             diff = {k: (old.get("key", {}).get(k), v) for k, v in json.loads(json.dumps(key)).items()
                     if old.get("key", {}).get(k) != v}
-            raise ParameterError(f"{out} holds a run with other parameters {diff} (stored, given); use another "
-                                 "out_dir or delete it")
+            raise ParameterError(f"{out} holds {len(done)} finished samples of a run with other parameters {diff} "
+                                 "(stored, given); use another out_dir, or delete that folder to start over")
+    counts = {int(m.group(1)) for p in done if (m := re.search(r"shard-\d+-of-(\d+)", str(p.relative_to(out))))}
+    if counts - {n_shards}:
+        raise ParameterError(f"{out} holds finished samples split into {sorted(counts)} shards, and this run uses "
+                             f"{n_shards}; keep the shard count of that run (shard: i/{sorted(counts)[0]}) or use "
+                             "another out_dir")
 
 
 @dataclass
@@ -354,20 +222,100 @@ class RunSummary:
     seconds: float
     peak_memory_mb: float
     truncated: int
+    runtime: dict | None = None             # scan path, dtype, autocast, batch_tokens, device name
+    over_trained_length: int = 0            # samples whose prompt is longer than the model's training sequences
+    first_tokens_per_second: float | None = None   # measured on the first batch of samples
+    eta_hours: float | None = None          # estimated after the first batch, for every sample of this shard
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else float("nan")
 
 
-def peak_memory_mb(device) -> float:
-    if str(device).startswith("cuda"):
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def time_estimate(tokens_per_second: float, tokens_done: int, samples_done: int, samples_left: int,
+                  limit_hours: float = KAGGLE_SESSION_HOURS) -> tuple[float, str]:
+    """(hours for the samples left, a message; with a warning and a shard count when that exceeds ``limit_hours``)."""
+    hours = estimate_hours(tokens_per_second, tokens_done / max(samples_done, 1) * samples_left)
+    msg = (f"measured {tokens_per_second:,.0f} tokens/s on the first {samples_done} samples; the {samples_left} "
+           f"samples left need about {hours:.2f} h")
+    if hours > limit_hours:
+        k = math.ceil(hours / (0.9 * limit_hours))
+        msg += (f". WARNING: that exceeds a Kaggle session ({limit_hours:.0f} h): split the work with shard: 0/{k}, "
+                f"1/{k}, ... (one session each; finished samples are kept, a session that stops can be resumed)")
+    return hours, msg
 
 
-def extract(cfg: ExtractConfig, ds=None, lm=None, tokenizer=None, progress: bool = True) -> RunSummary:
-    """Run (or resume) the extraction of ``cfg``'s shard; see the module docstring."""
+def _prepare(tokenizer, sample: dict, cfg: ExtractConfig, loo: bool) -> tuple[Encoded, list[tuple[int, Encoded]]]:
+    """The full prompt, then its variants: without any chunk (key -1: the context gain), and without each chunk
+    (leave-one-out)."""
+    enc = encode(tokenizer, sample, cfg)
+    variants = [(-1, encode(tokenizer, sample, cfg, drop=[c["chunk_index"] for c in sample["chunks"]]))]
+    if loo:
+        for ci, r in enumerate(enc.chunk_tokens):
+            if r is not None and r[1] > r[0]:
+                variants.append((ci, encode(tokenizer, sample, cfg, drop=[*enc.dropped, ci])))
+    return enc, variants
+
+
+def _run_group(lm, group: list[dict], cfg: ExtractConfig, budget: int) -> None:
+    """The forwards of a group of samples: their full prompts batched with capture, their leave-one-out variants
+    batched without; results are put into each sample's dict."""
+    sids = [g["sid"] for g in group]
+    try:
+        full = forward_all(lm, [g["enc"] for g in group], batch_tokens=budget, layers=cfg.layers, token_nll=True)
+        loo_encs = [e for g in group for _, e in g["variants"]]
+        loo = iter(forward_all(lm, loo_encs, batch_tokens=budget, capture=False)) if loo_encs else iter(())
+    except torch.OutOfMemoryError as e:
+        raise ExtractionError(f"samples {sids}: out of memory in the forward ({str(e)[:200]}); set batch_tokens lower "
+                              f"than {budget} (or max_tokens); finished samples are kept, rerun to resume") from e
+    except RuntimeError as e:
+        raise ExtractionError(f"samples {sids}: the forward failed ({type(e).__name__}: {str(e)[:300]}); finished "
+                              "samples are kept. Try scan: sequential or dtype: float32 to narrow it down, and "
+                              "report the message") from e
+    for g, res in zip(group, full):
+        g["result"] = res
+        g["loo"] = {ci: next(loo) for ci, _ in g["variants"]}
+        g["no_context"] = g["loo"].pop(-1)
+
+
+def _write_sample(parts: Path, g: dict, cfg: ExtractConfig, layer_ids: list[int], seconds: float,
+                  trained_len: int | None = None) -> dict:
+    k, sid, enc, res = g["k"], g["sid"], g["enc"], g["result"]
+    lm_rows = []
+    for ci, r in enumerate(enc.chunk_tokens):
+        n = 0 if r is None else r[1] - r[0]
+        row = {"chunk_index": ci, "n_tokens": n,
+               "self_information": float(np.nanmean(res.token_nll[r[0]:r[1]])) if n else None,
+               "loss_without": None, "loss_gain": None}
+        if ci in g["loo"]:
+            without = g["loo"][ci].target_loss
+            row.update(loss_without=without, loss_gain=without - res.target_loss)
+        lm_rows.append(row)
+    rows = chunk_rows(sid, enc, res.stats, layer_ids)
+    _atomic_write(parts / f"{k:06d}.parquet", lambda p: rows.to_parquet(p, index=False))
+    if cfg.save_token_stats:
+        from safetensors.torch import save_file
+
+        tensors = {s: torch.from_numpy(np.stack([st[s] for st in res.stats])) for s in STATS}
+        tensors["input_ids"] = enc.input_ids[0].cpu()
+        _atomic_write(parts / f"{k:06d}.tokens.safetensors", lambda p: save_file(tensors, str(p)))
+    record = {"position": k, "sample_id": sid, "n_tokens": enc.n_tokens, "n_tokens_full": enc.n_tokens_full,
+              "truncated": bool(enc.dropped or enc.cut_tokens), "dropped_chunks": enc.dropped,
+              "cut_tokens": enc.cut_tokens, "target_tokens": enc.target_tokens[1] - enc.target_tokens[0],
+              "target_loss": res.target_loss, "exact_match": res.exact_match,
+              "target_loss_no_context": g["no_context"].target_loss,
+              "exact_match_no_context": g["no_context"].exact_match,
+              "context_gain": g["no_context"].target_loss - res.target_loss, "leave_one_out": g["is_loo"],
+              "over_trained_length": bool(trained_len is not None and enc.n_tokens > trained_len),
+              "seconds": seconds, "chunks": lm_rows}
+    _atomic_write(parts / f"{k:06d}.json", lambda p: p.write_text(json.dumps(record)))
+    return record
+
+
+def extract(cfg: ExtractConfig, ds=None, lm=None, tokenizer=None, progress: bool = True,
+            max_group_samples: int = 8) -> RunSummary:
+    """Run (or resume) the extraction of ``cfg``'s shard; see the module docstring. Samples go through the model in
+    groups (at most ``max_group_samples``, about ``batch_tokens`` tokens), each written as soon as its group is done."""
     from tqdm.auto import tqdm
 
     from .context import load
@@ -380,7 +328,8 @@ def extract(cfg: ExtractConfig, ds=None, lm=None, tokenizer=None, progress: bool
     if lm is None:
         lm, tokenizer = load_lm(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map,
                                 allow_download=cfg.allow_download)
-    set_scan(lm, cfg.use_mambapy)
+    choice = set_scan(lm, cfg.scan)
+    budget = auto_batch_tokens(lm, choice) if cfg.batch_tokens == "auto" else cfg.batch_tokens
     facts = model_facts(lm)
     layer_ids = list(range(facts["n_layers"])) if cfg.layers is None else list(cfg.layers)
     bad = [x for x in layer_ids if not 0 <= x < facts["n_layers"]]
@@ -388,55 +337,63 @@ def extract(cfg: ExtractConfig, ds=None, lm=None, tokenizer=None, progress: bool
         raise ParameterError(f"parameter layers={cfg.layers}: {bad} out of range; the model has {facts['n_layers']} layers")
     out = resolve(cfg.out_dir)
     key = {**cfg.run_key(), "dataset": dataset_fingerprint(ds), "model_facts": facts}
-    _check_run_json(out, key)
+    _check_run_json(out, key, n)
     parts = out / f"shard-{i}-of-{n}" / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    if not (out / "run.json").is_file():
-        _atomic_write(out / "run.json", lambda p: p.write_text(json.dumps(
-            {"key": key, "config": asdict(cfg), "versions": _versions(), "sample_ids": ids}, indent=1)))
-    mine = [(k, s) for k, s in enumerate(ids) if k % n == i]
-    loo_ids = hash_subset(ids, cfg.loo_samples) if cfg.leave_one_out else set()
-    todo = [(k, s) for k, s in mine if not (parts / f"{k:06d}.json").is_file()]
     device = next(lm.parameters()).device
-    summary = RunSummary(f"{i}/{n}", len(mine), len(mine) - len(todo), 0, 0, 0.0, 0.0, 0)
+    runtime = {**choice.as_dict(), "batch_tokens": budget, "shard": f"{i}/{n}",
+               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if not (out / "run.json").is_file() or not _finished(out):
+        _atomic_write(out / "run.json", lambda p: p.write_text(json.dumps(
+            {"key": key, "config": asdict(cfg), "versions": _versions(), "runtime": runtime, "sample_ids": ids},
+            indent=1)))
+    with open(parts.parent / "sessions.jsonl", "a") as f:  # every (re)start: which path, dtype and scan ran
+        f.write(json.dumps({**runtime, "versions": _versions()}) + "\n")
+    mine = [(k, s) for k, s in enumerate(ids) if k % n == i]
+    loo_pool = ids if cfg.loo_split is None else [s for s in ids if s in set(
+        ds.samples.loc[ds.samples["split"] == cfg.loo_split, "sample_id"])]
+    if cfg.leave_one_out and cfg.loo_split is not None and not loo_pool:
+        raise ParameterError(f"parameter loo_split={cfg.loo_split!r}: no selected sample is in that split "
+                             f"(splits: {sorted(ds.samples['split'].unique())})")
+    loo_ids = hash_subset(loo_pool, cfg.loo_samples) if cfg.leave_one_out else set()
+    todo = [(k, s) for k, s in mine if not (parts / f"{k:06d}.json").is_file()]
+    summary = RunSummary(f"{i}/{n}", len(mine), len(mine) - len(todo), 0, 0, 0.0, 0.0, 0, runtime)
     start = time.perf_counter()
-    bar = tqdm(todo, desc=f"extract Δ {i}/{n}", unit="sample", disable=not progress)
-    for k, sid in bar:
-        sample = ds.sample(sid)
+    bar = tqdm(total=len(todo), desc=f"extract Δ {i}/{n}", unit="sample", disable=not progress)
+    group: list[dict] = []
+    for pos, (k, sid) in enumerate(todo):
+        enc, variants = _prepare(tokenizer, ds.sample(sid), cfg, sid in loo_ids)
+        group.append({"k": k, "sid": sid, "enc": enc, "variants": variants, "is_loo": sid in loo_ids})
+        group_tokens = sum(g["enc"].n_tokens + sum(e.n_tokens for _, e in g["variants"]) for g in group)
+        if group_tokens < budget and len(group) < max_group_samples and pos < len(todo) - 1:
+            continue
         t = time.perf_counter()
-        enc = encode(tokenizer, sample, cfg)
-        stats, loss, nll = forward_sample(lm, enc, layers=cfg.layers, token_nll=True)
-        lm_rows, n_loo = [], 0
-        for ci, r in enumerate(enc.chunk_tokens):
-            n = 0 if r is None else r[1] - r[0]
-            row = {"chunk_index": ci, "n_tokens": n,
-                   "self_information": float(np.nanmean(nll[r[0]:r[1]])) if n else None,
-                   "loss_without": None, "loss_gain": None}
-            if sid in loo_ids and n:
-                enc_wo = encode(tokenizer, sample, cfg, drop=[*enc.dropped, ci])
-                _, loss_wo, _ = forward_sample(lm, enc_wo, capture=False)
-                row.update(loss_without=loss_wo, loss_gain=loss_wo - loss)
-                n_loo += 1
-            lm_rows.append(row)
-        rows = chunk_rows(sid, enc, stats, layer_ids)
-        _atomic_write(parts / f"{k:06d}.parquet", lambda p: rows.to_parquet(p, index=False))
-        if cfg.save_token_stats:
-            from safetensors.torch import save_file
-
-            tensors = {s: torch.from_numpy(np.stack([st[s] for st in stats])) for s in STATS}
-            tensors["input_ids"] = enc.input_ids[0].cpu()
-            _atomic_write(parts / f"{k:06d}.tokens.safetensors", lambda p: save_file(tensors, str(p)))
-        record = {"position": k, "sample_id": sid, "n_tokens": int(enc.input_ids.shape[1]),
-                  "n_tokens_full": enc.n_tokens_full, "truncated": bool(enc.dropped or enc.cut_tokens),
-                  "dropped_chunks": enc.dropped, "cut_tokens": enc.cut_tokens, "target_tokens": enc.target_tokens[1] - enc.target_tokens[0],
-                  "target_loss": loss, "leave_one_out": sid in loo_ids, "seconds": time.perf_counter() - t,
-                  "chunks": lm_rows}
-        _atomic_write(parts / f"{k:06d}.json", lambda p: p.write_text(json.dumps(record)))
-        summary.done_now += 1
-        summary.tokens += record["n_tokens"] * (1 + n_loo)
-        summary.truncated += record["truncated"]
+        _run_group(lm, group, cfg, budget)
+        seconds = (time.perf_counter() - t) / len(group)
+        for g in group:
+            record = _write_sample(parts, g, cfg, layer_ids, seconds, facts["trained_length"])
+            summary.over_trained_length += record["over_trained_length"]
+            summary.done_now += 1
+            summary.tokens += record["n_tokens"] + sum(e.n_tokens for _, e in g["variants"])
+            summary.truncated += record["truncated"]
+        group = []
         summary.seconds = time.perf_counter() - start
+        if summary.first_tokens_per_second is None:
+            summary.first_tokens_per_second = summary.tokens_per_second
+            summary.eta_hours, msg = time_estimate(summary.tokens_per_second, summary.tokens, summary.done_now,
+                                                   len(todo) - summary.done_now)
+            if progress or summary.eta_hours > KAGGLE_SESSION_HOURS:
+                bar.write(msg)
+        bar.update(summary.done_now - bar.n)
         bar.set_postfix(tok_s=f"{summary.tokens_per_second:.0f}", peak_mb=f"{peak_memory_mb(device):.0f}")
+    bar.close()
+    if summary.over_trained_length:
+        import warnings
+
+        warnings.warn(f"{summary.over_trained_length} of {summary.done_now} prompts are longer than the "
+                      f"{facts['trained_length']} tokens the model was trained on: its Δ and losses there are "
+                      "outside its training length (recorded per sample as over_trained_length)", stacklevel=2)
     summary.seconds = time.perf_counter() - start
     summary.peak_memory_mb = peak_memory_mb(device)
     return summary
@@ -451,15 +408,20 @@ def merge(out_dir: str | Path, allow_partial: bool = False) -> dict[str, Path]:
     run = json.loads((out / "run.json").read_text())
     ids = run["sample_ids"]
     records, frames, seen = [], [], {}
-    for js in sorted(out.glob("shard-*-of-*/parts/*.json")):
-        rec = json.loads(js.read_text())
+    for js in _finished(out):
+        try:
+            rec = json.loads(js.read_text())
+            frame = pd.read_parquet(js.with_suffix(".parquet"))
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{js} (or its .parquet) is unreadable ({type(e).__name__}: {e}); delete both files of "
+                             "that sample and run the extraction again to redo it") from None
         if rec["position"] in seen:
             raise ValueError(f"sample {rec['sample_id']!r} extracted twice: {seen[rec['position']]} and {js}")
         seen[rec["position"]] = js
         if ids[rec["position"]] != rec["sample_id"]:
             raise ValueError(f"{js}: position {rec['position']} is {ids[rec['position']]!r} in run.json, not {rec['sample_id']!r}")
         records.append(rec)
-        frames.append(pd.read_parquet(js.with_suffix(".parquet")))
+        frames.append(frame)
     missing = [s for k, s in enumerate(ids) if k not in seen]
     if missing and not allow_partial:
         raise ValueError(f"{out}: {len(missing)} of {len(ids)} samples not extracted yet (e.g. {missing[:3]}); run the "
@@ -475,9 +437,15 @@ def merge(out_dir: str | Path, allow_partial: bool = False) -> dict[str, Path]:
              "samples": out / "samples.parquet"}
     for name, df in (("chunk_delta", chunk), ("chunk_lm", chunk_lm), ("samples", samples)):
         _atomic_write(paths[name], lambda p, df=df: df.to_parquet(p, index=False))
+    sessions = [json.loads(line) for f in sorted(out.glob("shard-*-of-*/sessions.jsonl"))
+                for line in f.read_text().splitlines() if line.strip()]
     (out / "merged.json").write_text(json.dumps({"samples": len(records), "missing": len(missing),
                                                  "chunk_rows": len(chunk),
-                                                 "loo_chunks": int(chunk_lm["loss_gain"].notna().sum())}, indent=1))
+                                                 "loo_chunks": int(chunk_lm["loss_gain"].notna().sum()),
+                                                 "trained_length": run["key"]["model_facts"].get("trained_length"),
+                                                 "over_trained_length": int(samples["over_trained_length"].sum())
+                                                 if "over_trained_length" in samples else None,
+                                                 "runtime": sessions}, indent=1))
     return paths
 
 
@@ -485,7 +453,7 @@ def merge(out_dir: str | Path, allow_partial: bool = False) -> dict[str, Path]:
 def example(lm, tokenizer, sample: dict, cfg: ExtractConfig) -> dict:
     """Per-token statistics of one sample for reading: tokens (text pieces from the offsets), per layer
     {stat: (L,)}, and for every token the chunk index it belongs to (-1: headers, query, target)."""
-    set_scan(lm, cfg.use_mambapy)
+    set_scan(lm, cfg.scan)
     enc = encode(tokenizer, sample, cfg)
     stats, loss, _ = forward_sample(lm, enc)
     ids = enc.input_ids[0].tolist()
@@ -505,6 +473,10 @@ def config_from_params(params: dict, **overrides) -> ExtractConfig:
     notebook_only = {"example_sample", "example_layers", "figures_dir", "progress"}
     fields = set(ExtractConfig.__dataclass_fields__)
     merged = {**params, **{k: v for k, v in overrides.items() if v is not None}}
+    if "use_mambapy" in merged:
+        raise ParameterError(f"parameter use_mambapy={merged['use_mambapy']!r} was replaced by scan: auto | "
+                             "cuda_kernels | mambapy | sequential (use_mambapy: true -> scan: mambapy, false -> "
+                             "scan: sequential)")
     unknown = sorted(set(merged) - fields - notebook_only)
     if unknown:
         raise ParameterError(f"unknown extraction parameter(s) {unknown}; allowed: {sorted(fields | notebook_only)}")
@@ -538,9 +510,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_params(params, shard=args.shard, out_dir=args.out_dir, model=args.model)
         s = extract(cfg, progress=not args.no_progress)
         print(f"shard {s.shard}: {s.done_now} samples now, {s.done_before} before; {s.tokens_per_second:.0f} tokens/s; "
-              f"peak memory {s.peak_memory_mb:.0f} MB")
+              f"peak memory {s.peak_memory_mb:.0f} MB; scan {s.runtime['scan']}, {s.runtime['dtype']}, "
+              f"batch_tokens {s.runtime['batch_tokens']}")
         return 0
-    except (ParameterError, ModelLoadError, FileNotFoundError, ValueError) as e:
+    except (ParameterError, ModelLoadError, ExtractionError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=__import__("sys").stderr)
         return 2
 

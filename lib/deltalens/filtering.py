@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import extract as ex
+from .lm_runtime import forward_all, set_scan
+from .prompts import encode
 
 DEFAULT_BUDGETS = (0.0, 0.1, 0.25, 0.5, 1.0)
 
@@ -30,16 +31,17 @@ def keep_by_budget(scores: np.ndarray, n_tokens: np.ndarray, budget: float) -> f
 
 
 def filtering_curves(lm, tokenizer, ds, table: pd.DataFrame, scores: dict[str, tuple[str, float]], run: str,
-                     sample_ids: list[str], cfg: ex.ExtractConfig, budgets=DEFAULT_BUDGETS,
-                     progress: bool = True) -> pd.DataFrame:
+                     sample_ids: list[str], cfg, budgets=DEFAULT_BUDGETS, progress: bool = True,
+                     scan: str = "auto", batch_tokens: int | str = "auto") -> pd.DataFrame:
     """One row per (score, budget, sample): kept share of context tokens, target loss, greedy exact match.
 
     ``scores``: name -> (column of ``table``, sign). ``run``: the extraction run whose ``n_tokens:<run>`` column
-    measures chunk sizes (chunks it dropped by truncation are never kept)."""
+    measures chunk sizes (chunks it dropped by truncation are never kept). ``cfg``: the run's layout policy (an
+    extraction config works). The distinct kept sets of a sample go through the model as one batch."""
     from tqdm.auto import tqdm
 
-    ex.set_scan(lm, cfg.use_mambapy)
-    rows, cache = [], {}
+    set_scan(lm, scan)
+    rows = []
     tok_col = f"n_tokens:{run}"
     if tok_col not in table.columns:
         raise ValueError(f"the chunk table has no {tok_col!r}: extraction run {run!r} is not in it")
@@ -49,17 +51,16 @@ def filtering_curves(lm, tokenizer, ds, table: pd.DataFrame, scores: dict[str, t
         n_tok = g[tok_col].fillna(0).to_numpy(float)
         idx = g["chunk_index"].to_numpy()
         total = n_tok.sum()
-        for name, (col, sign) in scores.items():
-            values = sign * g[col].to_numpy(float)
-            for b in budgets:
-                kept = keep_by_budget(values, n_tok, b)
-                key = (sid, kept)
-                if key not in cache:
-                    drop = [int(i) for k, i in enumerate(idx) if k not in kept]
-                    cache[key] = ex.target_metrics(lm, ex.encode(tokenizer, sample, cfg, drop=drop))
-                loss, exact = cache[key]
-                rows.append({"score": name, "budget": b, "sample_id": sid, "kept_share": n_tok[list(kept)].sum() / total
-                             if total else 0.0, "n_kept": len(kept), "loss": loss, "exact_match": exact})
+        plan = [(name, b, keep_by_budget(sign * g[col].to_numpy(float), n_tok, b))
+                for name, (col, sign) in scores.items() for b in budgets]
+        distinct = list(dict.fromkeys(kept for _, _, kept in plan))
+        encs = [encode(tokenizer, sample, cfg, drop=[int(i) for k, i in enumerate(idx) if k not in kept])
+                for kept in distinct]
+        results = dict(zip(distinct, forward_all(lm, encs, batch_tokens=batch_tokens, capture=False)))
+        for name, b, kept in plan:
+            r = results[kept]
+            rows.append({"score": name, "budget": b, "sample_id": sid, "kept_share": n_tok[list(kept)].sum() / total
+                         if total else 0.0, "n_kept": len(kept), "loss": r.target_loss, "exact_match": r.exact_match})
     return pd.DataFrame(rows)
 
 

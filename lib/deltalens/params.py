@@ -21,6 +21,14 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, where: str =
     return value
 
 
+def check_bool(name: str, value: Any, *, where: str = "") -> bool:
+    """true / false only: a string such as "false" is refused (it would be truthy)."""
+    if not isinstance(value, bool):
+        prefix = f"{where}: " if where else ""
+        raise ParameterError(f"{prefix}parameter {name}={value!r} has type {type(value).__name__}; allowed: true or false")
+    return value
+
+
 def check_float(name: str, value: Any, *, minimum: float | None = None, exclusive: bool = False, where: str = "") -> float:
     prefix = f"{where}: " if where else ""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

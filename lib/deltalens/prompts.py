@@ -11,18 +11,23 @@ query comes first):
 
 Every layout is ``LayoutPrompt(text, chunk_spans, prefix_span, target_span)``: ``text[s:e]`` is exactly the chunk
 text / prefix / target line. ``drop`` leaves chunks out (leave-one-out, truncation) — their spans are ``None``.
+
+:func:`encode` tokenizes a layout with chunk / target token ranges and applies a :class:`LayoutPolicy` (order, query
+characters, the token limit and what to do past it); an extraction config works as a policy too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from .context.schema import DEFAULT_HEADER
 from .params import ParameterError
 
 ORDERS = ("context_first", "query_first")
+TRUNCATION = ("drop_chunks", "left", "error")
 QUERY_HEADER = "# query: {path}\n"
 
 
@@ -96,3 +101,66 @@ def token_ranges(offsets: np.ndarray, spans) -> list[tuple[int, int] | None]:
             at = int(np.searchsorted(starts, s))
             out.append((at, at))
     return out
+
+
+@dataclass(frozen=True)
+class LayoutPolicy:
+    """How a sample becomes a token sequence: prompt order, query characters, the token limit and the truncation
+    (``drop_chunks``: leading chunks first; ``left``: keep the last tokens; ``error``)."""
+
+    order: str = "context_first"
+    query_chars: int = 800
+    max_tokens: int = 8192
+    truncation: str = "drop_chunks"
+
+
+@dataclass
+class Encoded:
+    input_ids: torch.Tensor                       # (1, L)
+    chunk_tokens: list[tuple[int, int] | None]    # per chunk_index
+    target_tokens: tuple[int, int]
+    n_tokens_full: int                            # before truncation
+    dropped: list[int] = field(default_factory=list)   # chunks left out by truncation
+    cut_tokens: int = 0                           # tokens cut from the left (truncation 'left')
+    prefix_tokens: tuple[int, int] | None = None  # the file prefix (the query) before the target line
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+def encode(tokenizer, sample: dict, policy, drop=()) -> Encoded:
+    """Tokenize the layout of ``sample`` with chunk / target token ranges, truncated per ``policy.truncation``
+    (``policy``: a :class:`LayoutPolicy` or anything with its four attributes, e.g. an extraction config)."""
+    dropped = list(drop)
+    first = None
+    order = sorted(c["chunk_index"] for c in sample["chunks"])
+    while True:
+        lp = layout(sample, policy.order, drop=dropped, query_chars=policy.query_chars)
+        enc = tokenizer(lp.text, return_offsets_mapping=True, add_special_tokens=False)
+        ids, offsets = enc["input_ids"], np.asarray(enc["offset_mapping"]).reshape(-1, 2)
+        first = len(ids) if first is None else first
+        if len(ids) <= policy.max_tokens:
+            break
+        if policy.truncation == "error":
+            raise ParameterError(f"sample {sample['sample_id']!r}: {len(ids)} tokens > max_tokens={policy.max_tokens} "
+                                 "(truncation='error'; use 'drop_chunks' or 'left', or raise max_tokens)")
+        if policy.truncation == "left":
+            cut = len(ids) - policy.max_tokens
+            ranges = token_ranges(offsets, list(lp.chunk_spans) + [lp.prefix_span, lp.target_span])
+            tgt, pre = ranges[-1], ranges[-2]
+            if tgt[0] - cut < 1:
+                raise ParameterError(f"sample {sample['sample_id']!r}: the target line does not fit in "
+                                     f"max_tokens={policy.max_tokens}")
+            chunks = [None if r is None or r[1] <= cut else (max(r[0] - cut, 0), r[1] - cut) for r in ranges[:-2]]
+            return Encoded(torch.tensor([ids[cut:]]), chunks, (tgt[0] - cut, tgt[1] - cut), first,
+                           [i for i, (r, c) in enumerate(zip(ranges[:-2], chunks)) if r is not None and c is None], cut,
+                           (max(pre[0] - cut, 0), pre[1] - cut))
+        remaining = [i for i in order if i not in dropped]
+        if not remaining:
+            raise ParameterError(f"sample {sample['sample_id']!r}: even without any chunk the prompt has {len(ids)} "
+                                 f"tokens > max_tokens={policy.max_tokens}")
+        dropped.append(remaining[0])  # the chunk farthest from the target line
+    ranges = token_ranges(offsets, list(lp.chunk_spans) + [lp.prefix_span, lp.target_span])
+    return Encoded(torch.tensor([ids]), ranges[:-2], ranges[-1], first, [i for i in dropped if i not in drop], 0,
+                   ranges[-2])

@@ -153,3 +153,20 @@ def to_transformers(lm: nn.Module, use_mambapy: bool = False, **token_ids: int |
     if hf.config.tie_word_embeddings and hf.lm_head.weight.data_ptr() != hf.backbone.embeddings.weight.data_ptr():
         raise RuntimeError("transformers did not tie lm_head to the embeddings")
     return hf.eval()
+
+
+def load_transformers_weights(lm: nn.Module, hf) -> nn.Module:
+    """The inverse of :func:`to_transformers`: copy a ``MambaForCausalLM``'s weights into ``lm`` (same shapes), e.g.
+    to continue training a saved code LM. Every parameter must have its counterpart."""
+    hf_state = hf.state_dict()
+    state = {}
+    for k, v in lm.state_dict().items():
+        key = _hf_key(k)
+        if key not in hf_state or hf_state[key].shape != v.shape:
+            raise ValueError(f"parameter {k!r}: the saved model has no {key!r} of shape {tuple(v.shape)}; "
+                             "train.init_from must name a model with the same model parameters")
+        state[k] = hf_state[key].detach().float().clone()
+    lm.load_state_dict(state)
+    if lm.lm_head.weight is not lm.embedding.weight and "lm_head.weight" in hf_state:
+        lm.lm_head.weight.data.copy_(hf_state["lm_head.weight"])
+    return lm

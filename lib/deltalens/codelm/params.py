@@ -12,27 +12,33 @@ import yaml
 
 from ..params import ParameterError, check_int, check_keys
 from ..paths import resolve
+from .context_data import ContextDataConfig
 from .corpus import CorpusConfig
 from .model import CodeLMConfig
 from .tokenizer import TokenizerConfig
 from .train import TrainConfig
 
-SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "model": CodeLMConfig, "train": TrainConfig}
+SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "model": CodeLMConfig, "train": TrainConfig,
+            "context": ContextDataConfig}
 
 
 @dataclass(frozen=True)
 class CodeLMParams:
     out: str = "data/models/code-lm"
     seed: int = 0
+    init_from: str | None = None   # continue training a model this project trained (its weights and tokenizer)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: CodeLMConfig = field(default_factory=CodeLMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    context: ContextDataConfig = field(default_factory=ContextDataConfig)  # share 0: a plain code LM
 
     def __post_init__(self) -> None:
         if not isinstance(self.out, str) or not self.out:
             raise ParameterError(f"codelm: parameter out={self.out!r}; allowed: a directory path")
         check_int("seed", self.seed, minimum=0, where="codelm")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise ParameterError(f"codelm: parameter init_from={self.init_from!r}; allowed: null or a model directory")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CodeLMParams":
@@ -48,9 +54,14 @@ class CodeLMParams:
         return cls(**kw)
 
     def content_params(self) -> dict:
-        """Every parameter that determines the trained model (all but the output directory)."""
+        """Every parameter that determines the trained model (all but the output directory). A plain model (context
+        share 0) has the key it had before the context section existed, so its checkpoints stay reusable."""
         d = asdict(self)
         d.pop("out")
+        if not self.context.enabled:
+            d.pop("context")
+        if self.init_from is None:
+            d.pop("init_from")
         return d
 
     def key(self, corpus_sha256: str) -> str:

@@ -138,9 +138,34 @@ def evaluate(model: nn.Module, windows: torch.Tensor, batch_size: int) -> float:
     return total / count
 
 
-def accumulate_gradients(model: nn.Module, batch: torch.Tensor, micro_batch_size: int) -> torch.Tensor:
-    """Backward of the batch's mean next-token loss, ``micro_batch_size`` windows at a time; returns the loss."""
+def sample_mixed(stream: torch.Tensor, contexts: list[torch.Tensor], share: float, seq_len: int, batch_size: int,
+                 gen: torch.Generator, starts: list[int] | None = None) -> list[tuple[torch.Tensor, int]]:
+    """``batch_size`` (1-D sequence, first scored position): each a prompt laid out like the evaluation prompts with
+    probability ``share`` (at most ``seq_len + 1`` tokens; scored from ``starts[i]``), else a plain window of
+    ``seq_len + 1`` tokens (scored everywhere)."""
+    out = []
+    for _ in range(batch_size):
+        if contexts and float(torch.rand((), generator=gen)) < share:
+            i = int(torch.randint(len(contexts), (), generator=gen))
+            out.append((contexts[i][:seq_len + 1], starts[i] if starts else 0))
+        else:
+            out.append((sample_windows(stream, seq_len, 1, gen)[0], 0))
+    return out
+
+
+def accumulate_gradients(model: nn.Module, batch: torch.Tensor | list[torch.Tensor], micro_batch_size: int) -> torch.Tensor:
+    """Backward of the batch's mean next-token loss, ``micro_batch_size`` windows at a time; returns the loss.
+    A list of sequences of different lengths (:func:`sample_mixed`) goes one sequence at a time, each weighted
+    equally."""
     loss = torch.zeros(())
+    if isinstance(batch, list):
+        for item in batch:
+            seq, start = item if isinstance(item, tuple) else (item, 0)
+            logits = model(seq[None, :-1])
+            part = F.cross_entropy(logits[0, max(start - 1, 0):], seq[max(start, 1):])  # targets from position start
+            (part / len(batch)).backward()
+            loss += part.detach() / len(batch)
+        return loss
     for micro in batch.split(micro_batch_size):
         logits = model(micro[:, :-1])
         part = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), micro[:, 1:].reshape(-1))
@@ -158,7 +183,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def train_loop(model: nn.Module, opt: torch.optim.Optimizer, train_stream: torch.Tensor, windows: torch.Tensor,
-               tc: TrainConfig, gen: torch.Generator, progress: bool = True) -> tuple[list[dict], str, float]:
+               tc: TrainConfig, gen: torch.Generator, progress: bool = True, contexts: list[torch.Tensor] | None = None,
+               share: float = 0.0, starts: list[int] | None = None) -> tuple[list[dict], str, float]:
     """Optimizer steps until ``max_steps`` or ``max_minutes``: (curve rows, what stopped it, seconds)."""
     curve: list[dict[str, Any]] = []
     step, stopped_by = 0, "max_steps"
@@ -172,7 +198,8 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, train_stream: torch
         lr = tc.lr * tc.lr_factor(step, elapsed)
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = sample_windows(train_stream, tc.seq_len, tc.batch_size, gen)
+        batch = (sample_mixed(train_stream, contexts, share, tc.seq_len, tc.batch_size, gen, starts) if share > 0 and contexts
+                 else sample_windows(train_stream, tc.seq_len, tc.batch_size, gen))
         opt.zero_grad(set_to_none=True)
         loss = accumulate_gradients(model, batch, tc.micro_batch_size).item()
         if not math.isfinite(loss):
@@ -243,14 +270,28 @@ def train_code_lm(params: "CodeLMParams", out: str | Path | None = None, progres
         torch.set_num_threads(tc.threads)
 
     corpus = build_corpus(params.corpus)
-    key = params.key(corpus.key)
+    init = None
+    if params.init_from is not None:
+        init = resolve(params.init_from)
+        init_key = existing_key(init)
+        if init_key is None:
+            raise ParameterError(f"codelm: parameter init_from={params.init_from!r}: no model trained by this project "
+                                 "there (config.json, model.safetensors, tokenizer.json, training.json); train it first")
+        key = params.key(corpus.key + ":" + init_key)
+    else:
+        key = params.key(corpus.key)
     if not force and existing_key(out) == key:
         os.utime(out / "config.json")  # make's file target is up to date again
         return TrainOutcome(out, True, json.loads((out / "training.json").read_text()))
     t_corpus = time.perf_counter() - t_start
 
     t0 = time.perf_counter()
-    tokenizer = train_tokenizer(corpus.texts("train"), params.tokenizer)
+    if init is not None:  # the continued model keeps its tokenizer
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(init)
+    else:
+        tokenizer = train_tokenizer(corpus.texts("train"), params.tokenizer)
     eos_id = tokenizer.convert_tokens_to_ids(params.tokenizer.eos)
     pad_id = tokenizer.convert_tokens_to_ids(params.tokenizer.pad)
     train_stream = token_stream(encode_documents(tokenizer, corpus.texts("train")), eos_id)
@@ -260,12 +301,32 @@ def train_code_lm(params: "CodeLMParams", out: str | Path | None = None, progres
     from .model import build_lm, to_transformers
 
     model = build_lm(params.model, vocab_size=len(tokenizer), seed=params.seed)
+    if init is not None:
+        from transformers import AutoModelForCausalLM
+
+        from .model import load_transformers_weights
+
+        load_transformers_weights(model, AutoModelForCausalLM.from_pretrained(init))
     model.train()
     opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
     gen = torch.Generator().manual_seed(params.seed)
     windows = held_out_windows(held_stream, tc.seq_len, tc.eval_tokens)
 
-    curve, stopped_by, train_seconds = train_loop(model, opt, train_stream, windows, tc, gen, progress)
+    contexts, starts, ctx_ds, t_context = [], [], None, 0.0
+    if params.context.enabled:
+        from .context_data import build_training_contexts, context_sequences
+        from .corpus import excluded_names
+
+        t1 = time.perf_counter()
+        ctx_ds = build_training_contexts(params.context, excluded_names(params.corpus), params.seed)
+        contexts, skipped_contexts, starts = context_sequences(ctx_ds, tokenizer, params.context, tc.seq_len + 1,
+                                                               split="dev")
+        t_context = time.perf_counter() - t1
+        if not contexts:
+            raise ParameterError("context: the builder made no training prompt; add stdlib_packages / installed")
+
+    curve, stopped_by, train_seconds = train_loop(model, opt, train_stream, windows, tc, gen, progress, contexts,
+                                                  params.context.share, starts)
     step = curve[-1]["step"]
     final = curve[-1]["held_out_loss"] if "held_out_loss" in curve[-1] else evaluate(
         model, windows, tc.eval_batch_size)
@@ -277,6 +338,12 @@ def train_code_lm(params: "CodeLMParams", out: str | Path | None = None, progres
         reference = model(probe)
         conversion_diff = float((hf(probe, use_cache=False).logits - reference).abs().max())
 
+    context_summary = None
+    if ctx_ds is not None:
+        from .context_data import summary as context_data_summary
+
+        context_summary = {**context_data_summary(ctx_ds, contexts, skipped_contexts), "seconds": round(t_context, 2),
+                           "held_out_gain": held_out_context_gain(hf, tokenizer, ctx_ds, params.context, tc.seq_len)}
     held_chars = sum(len(t) for t in corpus.texts("held_out"))
     held_tokens = held_stream.numel() - 1 - sum(1 for _ in corpus.texts("held_out"))  # without the separators
     summary = {
@@ -291,6 +358,11 @@ def train_code_lm(params: "CodeLMParams", out: str | Path | None = None, progres
         },
         "model": {"n_parameters": model.n_parameters(), "architecture": "MambaForCausalLM",
                   "conversion_max_abs_logit_diff": conversion_diff},
+        "trained_length": tc.seq_len,   # tokens per training sequence: evaluation prompts longer than this are
+                                        # outside what the model was trained on (the extraction warns)
+        "context": context_summary,     # null for a plain code LM
+        "init_from": None if init is None else {"path": params.init_from, "key": init_key,
+                                                "training": json.loads((init / "training.json").read_text())["train"]},
         "train": {"steps": step, "stopped_by": stopped_by, "seconds": round(train_seconds, 2),
                   "steps_per_second": step / train_seconds if train_seconds else None,
                   "tokens_seen": step * tc.batch_size * tc.seq_len,
@@ -305,6 +377,36 @@ def train_code_lm(params: "CodeLMParams", out: str | Path | None = None, progres
     }
     _save(out, hf, tokenizer, summary, corpus.manifest, probe, reference, t_start)
     return TrainOutcome(out, False, summary)
+
+
+def held_out_context_gain(hf, tokenizer, ds, cfg, max_tokens: int) -> dict:
+    """Target-line loss without any chunk minus with all chunks (nats/token), and greedy exact match with / without,
+    on prompts of the held-out training projects (context first; the same measurement as the evaluation's)."""
+    from ..lm_runtime import forward_all, set_scan
+    from ..prompts import LayoutPolicy, encode
+
+    ids = list(ds.samples.loc[ds.samples["split"] == "test", "sample_id"])[:cfg.eval_samples]
+    if not ids:
+        return {"samples": 0}
+    hf.eval()
+    set_scan(hf, "auto")
+    policy = LayoutPolicy("context_first", cfg.query_chars, max_tokens, "drop_chunks")
+    gains, em_with, em_without, too_long = [], [], [], 0
+    for sid in ids:
+        sample = ds.sample(sid)
+        try:
+            full = encode(tokenizer, sample, policy)
+            none = encode(tokenizer, sample, policy, drop=[c["chunk_index"] for c in sample["chunks"]])
+        except ParameterError:  # even the query alone exceeds the trained length: counted, not measured
+            too_long += 1
+            continue
+        a, b = forward_all(hf, [full, none], capture=False)
+        gains.append(b.target_loss - a.target_loss)
+        em_with.append(a.exact_match)
+        em_without.append(b.exact_match)
+    n = len(gains)
+    return {"samples": n, "too_long": too_long, "context_gain": sum(gains) / n if n else None,
+            "exact_match_with": sum(em_with) / n if n else None, "exact_match_without": sum(em_without) / n if n else None}
 
 
 def _save(out: Path, hf, tokenizer, summary: dict, manifest: dict, probe: torch.Tensor, reference: torch.Tensor,

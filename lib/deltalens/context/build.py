@@ -17,6 +17,7 @@ import json
 import random
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -69,8 +70,8 @@ class BuildParams:
         d = dict(d or {})
         if "sources" in d:
             src = d.pop("sources")
-            if src is not None:
-                d.update(_flatten_sources(src))
+            if src is not None:  # explicit top-level keys (e.g. --set installed=[...]) win over the sources section
+                d = {**_flatten_sources(src), **d}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -86,6 +87,25 @@ class BuildParams:
                 raise ParamsError(f"dataset parameter {f.name!r}: expected an integer, got {v!r}")
             if f.type == "list" and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
                 raise ParamsError(f"dataset parameter {f.name!r}: expected a list of strings, got {v!r}")
+        if not isinstance(self.header, str) or "{path}" not in self.header:
+            raise ParamsError(f"dataset parameter 'header': a string containing {{path}}, got {self.header!r}")
+        if isinstance(self.test_fraction, bool) or not isinstance(self.test_fraction, (int, float)):
+            raise ParamsError(f"dataset parameter 'test_fraction': expected a number, got {self.test_fraction!r}")
+        bounds = {"n_chunks": 2, "max_relevant": 1, "max_related": 0, "n_injected": 0, "chunk_chars": 40,
+                  "min_chunk_chars": 1, "prefix_chars": 1, "suffix_chars": 0, "samples_per_project": 1,
+                  "max_samples_per_file": 1, "min_target_chars": 1, "max_target_chars": 1, "max_file_bytes": 1,
+                  "min_samples": 0, "min_projects": 1}
+        for name, low in bounds.items():
+            if getattr(self, name) < low:
+                raise ParamsError(f"dataset parameter {name!r}={getattr(self, name)} is too small; allowed: >= {low}")
+        if self.max_relevant + self.max_related + self.n_injected > self.n_chunks:
+            raise ParamsError(f"dataset parameters: max_relevant + max_related + n_injected = "
+                              f"{self.max_relevant + self.max_related + self.n_injected} > n_chunks={self.n_chunks}")
+        if self.min_chunk_chars > self.chunk_chars:
+            raise ParamsError(f"dataset parameters: min_chunk_chars={self.min_chunk_chars} > chunk_chars={self.chunk_chars}")
+        if self.min_target_chars > self.max_target_chars:
+            raise ParamsError(f"dataset parameters: min_target_chars={self.min_target_chars} > "
+                              f"max_target_chars={self.max_target_chars}")
         if self.granularity not in ("definition", "file"):
             raise ParamsError(f"dataset parameter 'granularity': 'definition' or 'file', got {self.granularity!r}")
         if self.n_chunks < self.max_relevant + 1 or self.max_relevant < 1:
@@ -398,6 +418,15 @@ def build_dataset(p: BuildParams, progress: bool = True, root: Path | None = Non
         pools[pr.name] = _Pools(indices[pr.name], p.min_chunk_chars)
         candidates[pr.name] = candidate_lines(indices[pr.name], p)
     splits = assign_splits([pr.name for pr in projects], p)
+    warnings_ = []
+    for split in sorted(set(splits.values())):
+        members = sorted(n for n, s in splits.items() if s == split)
+        if p.n_injected > 0 and len(members) < 2:
+            # injected code comes from another project of the same split (never across the dev/test boundary)
+            warnings_.append(f"split {split!r} has one project ({members[0]}): its samples get no injected chunks "
+                             f"(n_injected={p.n_injected}); add projects so that every split has at least two")
+    for w in warnings_:
+        warnings.warn(w, stacklevel=2)
     samples, chunks = [], []
     dropped: dict[str, int] = {}
     for pr in tqdm(projects, desc="build samples", disable=not progress):
@@ -423,6 +452,7 @@ def build_dataset(p: BuildParams, progress: bool = True, root: Path | None = Non
         "skipped_projects": skipped_projects,
         "splits": splits,
         "counts": _counts(s_df, c_df, {n: len(c) for n, c in candidates.items()}, dropped),
+        "warnings": warnings_,
     }
     return ContextDataset(s_df, c_df, manifest)
 
@@ -445,10 +475,13 @@ def build(p: BuildParams, out: str | Path | None = None, progress: bool = True) 
     Returns (dataset, seconds)."""
     from ..paths import project_root
 
+    from .schema import refuse_foreign_dir
+
     t0 = time.perf_counter()
     root = project_root()
-    ds = build_dataset(p, progress=progress, root=root)
     target = _abs(str(out or p.out), root)
+    refuse_foreign_dir(target)  # before the work, not only before the write
+    ds = build_dataset(p, progress=progress, root=root)
     save(ds, target)
     return ds, time.perf_counter() - t0
 

@@ -226,9 +226,26 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     pq.write_table(table, path, compression="zstd", use_dictionary=False, write_statistics=False)
 
 
+def is_dataset_dir(path: Path) -> bool:
+    """A directory holding a manifest this project wrote (``"dataset": "deltalens-context"``)."""
+    try:
+        return json.loads((path / "manifest.json").read_text()).get("dataset") == "deltalens-context"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def refuse_foreign_dir(out_dir: Path) -> None:
+    """A dataset replaces only a dataset (or an empty directory): ``--out data`` must never wipe user files."""
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not is_dataset_dir(out_dir))):
+        raise SchemaError(f"refusing to write the dataset to {out_dir}: it exists and is not a dataset written by "
+                          "deltalens (no manifest.json with \"dataset\": \"deltalens-context\"); nothing was changed. "
+                          "Choose a new or empty directory, or one that holds an earlier dataset")
+
+
 def save(ds: ContextDataset, out_dir: str | Path) -> Path:
     """Write the dataset atomically: into a temporary sibling directory, renamed to ``out_dir`` at the end."""
     out_dir = Path(out_dir)
+    refuse_foreign_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -269,6 +286,9 @@ def load(path: str | Path, validate_on_load: bool = True) -> ContextDataset:
         manifest = json.loads((path / "manifest.json").read_text())
     except json.JSONDecodeError as e:
         raise SchemaError(f"{path}/manifest.json: not valid JSON ({e})") from None
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise SchemaError(f"{path}/manifest.json: schema_version {manifest.get('schema_version')!r}, this deltalens "
+                          f"reads version {SCHEMA_VERSION}; rebuild the dataset with this version (make dataset)")
     for name, digest in manifest.get("outputs", {}).items():
         if sha256_file(path / name) != digest:
             raise SchemaError(f"{path}/{name}: sha256 differs from the manifest (modified or partially written)")

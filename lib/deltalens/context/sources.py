@@ -188,6 +188,10 @@ def dir_project(path: str | Path, name: str | None = None, max_file_bytes: int =
         raise SourceError(f"project path {str(path)!r} is not a directory")
     name = name or path.resolve().name
     entries = _walk_py(path)
+    if (path / "__init__.py").is_file():
+        # the directory is itself a package (e.g. a standard-library package): its modules are named from its
+        # parent, as Python imports them (email/message.py is 'email.message', which its siblings import)
+        entries = [(f"{path.resolve().name}/{rel}", absolute) for rel, absolute in entries]
     if not entries:
         raise SourceError(f"project {name!r} ({path}) has no Python files")
     project = Project(name=name, version=_dir_version(path), kind="dir", root=display_root or str(path))

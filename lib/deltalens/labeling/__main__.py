@@ -77,9 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import select_samples
     from .templates import build_prompts
 
-    ds = load(params["dataset_dir"])
-    ids = select_samples(ds, params.get("label_split"), params.get("max_samples"), params.get("seed", 0))
-    prompts = build_prompts(ds, ids, params.get("template", "json@1"))
+    try:
+        ds = load(params["dataset_dir"])
+        ids = select_samples(ds, params.get("label_split"), params.get("max_samples"), params.get("seed", 0))
+        prompts = build_prompts(ds, ids, params.get("template", "json@1"))
+    except (ParameterError, FileNotFoundError) as err:
+        print(f"{args.params}: {err}", file=sys.stderr)
+        return 2
     targets = [Path(args.out)] if args.out else [resolve(params["manual_dir"]) / s["name"] for s in specs if s["kind"] == "manual"]
     for d in targets:
         export_prompts(prompts, d)

@@ -105,6 +105,7 @@ class LabelingRun:
     reports: list[RunReport] = field(default_factory=list)
     store_problems: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    dataset_fingerprint: str | None = None       # what the labels and scores belong to (the analysis checks it)
 
 
 def reference_scores(ds, methods: list[str], query_lines: int, cache: str | Path | None = None,
@@ -209,7 +210,8 @@ def run_labeling(ds, specs: list[dict], *, template: str, sample_ids: list[str],
         columns=["labeler", "sample_id", "status", "problems", "prompt_tokens", "completion_tokens", "seconds"])
     return LabelingRun(labels=labels, stats=stats_df, scores=scores, thresholds=thresholds,
                        status=pd.DataFrame(status, columns=["labeler", "kind", "state", "detail"]),
-                       reports=reports, store_problems=list(store.problems), skipped=skipped)
+                       reports=reports, store_problems=list(store.problems), skipped=skipped,
+                       dataset_fingerprint=dataset_fingerprint(ds))
 
 
 @dataclass
@@ -272,6 +274,7 @@ def save_run(run: LabelingRun, summary: LabelingSummary, params: dict, out_dir: 
         "cost": _records(summary.cost), "thresholds": run.thresholds,
         "confusions": {k: v.tolist() for k, v in summary.confusions.items()},
         "status": _records(run.status), "store_problems": run.store_problems,
+        "dataset_fingerprint": run.dataset_fingerprint,
     }
     paths["metrics"].write_text(json.dumps(metrics, indent=1, default=str))
     paths["params"].write_text(json.dumps(params, indent=1, default=str))
