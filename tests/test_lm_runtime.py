@@ -176,6 +176,9 @@ def test_time_estimate_warns_past_a_kaggle_session():
     assert hours == pytest.approx(3600 * 200 / 100 / 3600) and "WARNING" not in msg
     hours, msg = ex.time_estimate(10.0, tokens_done=36_000, samples_done=10, samples_left=200)
     assert hours == pytest.approx(20.0) and "WARNING" in msg and "shard: 0/2" in msg
+    # with forward counts: 10 samples without leave-one-out (20 forwards) done, 200 with 12 chunks each left
+    hours, _ = ex.time_estimate(100.0, 36_000, 10, 200, forwards_done=20, forwards_left=200 * 14)
+    assert hours == pytest.approx(36_000 / 20 * 2800 / 100 / 3600)
 
 
 def test_extract_prints_the_estimate_and_records_sessions(lm_dir, ds, tmp_path, capsys):

@@ -233,9 +233,16 @@ class RunSummary:
 
 
 def time_estimate(tokens_per_second: float, tokens_done: int, samples_done: int, samples_left: int,
+                  forwards_done: int | None = None, forwards_left: int | None = None,
                   limit_hours: float = KAGGLE_SESSION_HOURS) -> tuple[float, str]:
-    """(hours for the samples left, a message; with a warning and a shard count when that exceeds ``limit_hours``)."""
-    hours = estimate_hours(tokens_per_second, tokens_done / max(samples_done, 1) * samples_left)
+    """(hours for the samples left, a message; with a warning and a shard count when that exceeds ``limit_hours``).
+    With forward counts (a sample with leave-one-out needs one forward per chunk more), the tokens left are the
+    measured tokens per forward times the forwards left; else the measured tokens per sample times the samples left."""
+    if forwards_done and forwards_left is not None:
+        left = tokens_done / forwards_done * forwards_left
+    else:
+        left = tokens_done / max(samples_done, 1) * samples_left
+    hours = estimate_hours(tokens_per_second, left)
     msg = (f"measured {tokens_per_second:,.0f} tokens/s on the first {samples_done} samples; the {samples_left} "
            f"samples left need about {hours:.2f} h")
     if hours > limit_hours:
@@ -381,8 +388,12 @@ def extract(cfg: ExtractConfig, ds=None, lm=None, tokenizer=None, progress: bool
         summary.seconds = time.perf_counter() - start
         if summary.first_tokens_per_second is None:
             summary.first_tokens_per_second = summary.tokens_per_second
-            summary.eta_hours, msg = time_estimate(summary.tokens_per_second, summary.tokens, summary.done_now,
-                                                   len(todo) - summary.done_now)
+            n_chunks = ds.samples.set_index("sample_id")["n_chunks"]
+            forwards = {sid: 2 + (int(n_chunks[sid]) if sid in loo_ids else 0) for _, sid in todo}  # full, no chunk, LOO
+            done_ids = [sid for _, sid in todo[:summary.done_now]]
+            summary.eta_hours, msg = time_estimate(
+                summary.tokens_per_second, summary.tokens, summary.done_now, len(todo) - summary.done_now,
+                sum(forwards[s] for s in done_ids), sum(forwards[s] for _, s in todo[summary.done_now:]))
             if progress or summary.eta_hours > KAGGLE_SESSION_HOURS:
                 bar.write(msg)
         bar.update(summary.done_now - bar.n)
