@@ -265,13 +265,13 @@ def _prepare(tokenizer, sample: dict, cfg: ExtractConfig, loo: bool) -> tuple[En
 
 
 def _run_group(lm, group: list[dict], cfg: ExtractConfig, budget: int) -> None:
-    """The forwards of a group of samples: their full prompts batched with capture, their leave-one-out variants
-    batched without; results are put into each sample's dict."""
+    """The forwards of a group of samples: their full prompts batched with capture, their variants (without any
+    chunk; without each chunk) batched without; results are put into each sample's dict."""
     sids = [g["sid"] for g in group]
     try:
         full = forward_all(lm, [g["enc"] for g in group], batch_tokens=budget, layers=cfg.layers, token_nll=True)
-        loo_encs = [e for g in group for _, e in g["variants"]]
-        loo = iter(forward_all(lm, loo_encs, batch_tokens=budget, capture=False)) if loo_encs else iter(())
+        variants = iter(forward_all(lm, [e for g in group for _, e in g["variants"]], batch_tokens=budget,
+                                    capture=False))
     except torch.OutOfMemoryError as e:
         raise ExtractionError(f"samples {sids}: out of memory in the forward ({str(e)[:200]}); set batch_tokens lower "
                               f"than {budget} (or max_tokens); finished samples are kept, rerun to resume") from e
@@ -281,7 +281,7 @@ def _run_group(lm, group: list[dict], cfg: ExtractConfig, budget: int) -> None:
                               "report the message") from e
     for g, res in zip(group, full):
         g["result"] = res
-        g["loo"] = {ci: next(loo) for ci, _ in g["variants"]}
+        g["loo"] = {ci: next(variants) for ci, _ in g["variants"]}
         g["no_context"] = g["loo"].pop(-1)
 
 

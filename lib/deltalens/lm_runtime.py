@@ -182,6 +182,10 @@ def set_scan(lm, scan: str | bool = "auto") -> ScanChoice:
     if scan == "cuda_kernels" and not kernels:
         raise ParameterError("parameter scan='cuda_kernels': needs a CUDA device and the packages mamba_ssm and "
                              "causal_conv1d (pip install mamba-ssm causal-conv1d); use scan: auto")
+    if kernels and scan in ("mambapy", "sequential"):  # transformers binds its scan to the kernels at import
+        raise ParameterError(f"parameter scan={scan!r}: mamba_ssm / causal_conv1d are importable here, and transformers "
+                             "then always runs their kernels; use scan: auto (or cuda_kernels), or uninstall them to "
+                             f"run the {scan} path")
     if scan == "mambapy" and not has_mambapy:
         raise ParameterError("parameter scan='mambapy': the package mambapy is not installed (pip install mambapy)")
     if scan == "auto":
