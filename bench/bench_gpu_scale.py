@@ -34,7 +34,7 @@ import torch
 from deltalens import extract as ex
 from deltalens import lm_runtime as rt
 from deltalens.context import load
-from deltalens.prompts import LayoutPolicy, encode
+from deltalens.prompts import LayoutPolicy, encode, encode_variants
 
 FALCON_MAMBA_7B = dict(hidden_size=4096, intermediate_size=8192, num_hidden_layers=64, state_size=16,
                        time_step_rank=256, vocab_size=65024, conv_kernel=4, use_conv_bias=True, use_bias=False,
@@ -107,9 +107,8 @@ def loo_seconds(lm, tok, ds, sids, policy, device) -> dict:
     per = []
     for sid in sids:
         sample = ds.sample(sid)
-        enc = encode(tok, sample, policy)
-        variants = [encode(tok, sample, policy, drop=[*enc.dropped, ci])
-                    for ci, r in enumerate(enc.chunk_tokens) if r is not None and r[1] > r[0]]
+        enc, _, loo = encode_variants(tok, sample, policy, leave_one_out=True)
+        variants = [v for _, v in loo]
         _sync(device)
         t = time.perf_counter()
         rt.forward_all(lm, [enc], token_nll=True)

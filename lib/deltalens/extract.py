@@ -42,11 +42,10 @@ import pandas as pd
 import torch
 
 from .lm_runtime import (DTYPES, SCANS, ModelLoadError, auto_batch_tokens, estimate_hours, forward_all,  # noqa: F401
-                         forward_batch, forward_sample, load_lm, model_facts, peak_memory_mb, resolve_device,
-                         set_scan, target_metrics)
+                         forward_sample, load_lm, model_facts, peak_memory_mb, set_scan, target_metrics)
 from .params import ParameterError, check_bool, check_choice, check_int
 from .paths import resolve
-from .prompts import ORDERS, TRUNCATION, Encoded, LayoutPolicy, encode  # noqa: F401
+from .prompts import ORDERS, TRUNCATION, Encoded, encode, encode_variants  # noqa: F401
 from .scores import DELTA_SCORES
 
 STATS = ("mean", "mean_log", "l2", "max")
@@ -109,9 +108,6 @@ class ExtractConfig:
             raise ParameterError(f"parameter layers={self.layers!r}: expected null or a list of layer indices")
         parse_shard(self.shard)
         return self
-
-    def layout_policy(self) -> LayoutPolicy:
-        return LayoutPolicy(self.order, self.query_chars, self.max_tokens, self.truncation)
 
     def run_key(self) -> dict:
         """What must agree between a run folder and a resumed / sibling-shard run."""
@@ -252,18 +248,6 @@ def time_estimate(tokens_per_second: float, tokens_done: int, samples_done: int,
     return hours, msg
 
 
-def _prepare(tokenizer, sample: dict, cfg: ExtractConfig, loo: bool) -> tuple[Encoded, list[tuple[int, Encoded]]]:
-    """The full prompt, then its variants: without any chunk (key -1: the context gain), and without each chunk
-    (leave-one-out)."""
-    enc = encode(tokenizer, sample, cfg)
-    variants = [(-1, encode(tokenizer, sample, cfg, drop=[c["chunk_index"] for c in sample["chunks"]]))]
-    if loo:
-        for ci, r in enumerate(enc.chunk_tokens):
-            if r is not None and r[1] > r[0]:
-                variants.append((ci, encode(tokenizer, sample, cfg, drop=[*enc.dropped, ci])))
-    return enc, variants
-
-
 def _run_group(lm, group: list[dict], cfg: ExtractConfig, budget: int) -> None:
     """The forwards of a group of samples: their full prompts batched with capture, their variants (without any
     chunk; without each chunk) batched without; results are put into each sample's dict."""
@@ -370,7 +354,8 @@ def extract(cfg: ExtractConfig, ds=None, lm=None, tokenizer=None, progress: bool
     bar = tqdm(total=len(todo), desc=f"extract Δ {i}/{n}", unit="sample", disable=not progress)
     group: list[dict] = []
     for pos, (k, sid) in enumerate(todo):
-        enc, variants = _prepare(tokenizer, ds.sample(sid), cfg, sid in loo_ids)
+        enc, none, loo = encode_variants(tokenizer, ds.sample(sid), cfg, sid in loo_ids)
+        variants = [(-1, none), *loo]  # key -1: without any chunk (the context gain)
         group.append({"k": k, "sid": sid, "enc": enc, "variants": variants, "is_loo": sid in loo_ids})
         group_tokens = sum(g["enc"].n_tokens + sum(e.n_tokens for _, e in g["variants"]) for g in group)
         if group_tokens < budget and len(group) < max_group_samples and pos < len(todo) - 1:

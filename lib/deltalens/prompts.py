@@ -164,3 +164,13 @@ def encode(tokenizer, sample: dict, policy, drop=()) -> Encoded:
     ranges = token_ranges(offsets, list(lp.chunk_spans) + [lp.prefix_span, lp.target_span])
     return Encoded(torch.tensor([ids]), ranges[:-2], ranges[-1], first, [i for i in dropped if i not in drop], 0,
                    ranges[-2])
+
+
+def encode_variants(tokenizer, sample: dict, policy, leave_one_out: bool = False):
+    """(the full prompt, the prompt without any chunk — the context gain —, and with ``leave_one_out`` one prompt
+    without each chunk the full prompt kept, as ``[(chunk_index, Encoded)]``), all under ``policy``."""
+    full = encode(tokenizer, sample, policy)
+    none = encode(tokenizer, sample, policy, drop=[c["chunk_index"] for c in sample["chunks"]])
+    loo = [(ci, encode(tokenizer, sample, policy, drop=[*full.dropped, ci]))
+           for ci, r in enumerate(full.chunk_tokens) if leave_one_out and r is not None and r[1] > r[0]]
+    return full, none, loo

@@ -153,14 +153,14 @@ def sample_mixed(stream: torch.Tensor, contexts: list[torch.Tensor], share: floa
     return out
 
 
-def accumulate_gradients(model: nn.Module, batch: torch.Tensor | list[torch.Tensor], micro_batch_size: int) -> torch.Tensor:
+def accumulate_gradients(model: nn.Module, batch: torch.Tensor | list[tuple[torch.Tensor, int]],
+                         micro_batch_size: int) -> torch.Tensor:
     """Backward of the batch's mean next-token loss, ``micro_batch_size`` windows at a time; returns the loss.
-    A list of sequences of different lengths (:func:`sample_mixed`) goes one sequence at a time, each weighted
-    equally."""
+    A list of (sequence, first scored position) of different lengths (:func:`sample_mixed`) goes one sequence at a
+    time, each weighted equally."""
     loss = torch.zeros(())
     if isinstance(batch, list):
-        for item in batch:
-            seq, start = item if isinstance(item, tuple) else (item, 0)
+        for seq, start in batch:
             logits = model(seq[None, :-1])
             part = F.cross_entropy(logits[0, max(start - 1, 0):], seq[max(start, 1):])  # targets from position start
             (part / len(batch)).backward()
@@ -383,7 +383,7 @@ def held_out_context_gain(hf, tokenizer, ds, cfg, max_tokens: int) -> dict:
     """Target-line loss without any chunk minus with all chunks (nats/token), and greedy exact match with / without,
     on prompts of the held-out training projects (context first; the same measurement as the evaluation's)."""
     from ..lm_runtime import forward_all, set_scan
-    from ..prompts import LayoutPolicy, encode
+    from ..prompts import LayoutPolicy, encode_variants
 
     ids = list(ds.samples.loc[ds.samples["split"] == "test", "sample_id"])[:cfg.eval_samples]
     if not ids:
@@ -395,8 +395,7 @@ def held_out_context_gain(hf, tokenizer, ds, cfg, max_tokens: int) -> dict:
     for sid in ids:
         sample = ds.sample(sid)
         try:
-            full = encode(tokenizer, sample, policy)
-            none = encode(tokenizer, sample, policy, drop=[c["chunk_index"] for c in sample["chunks"]])
+            full, none, _ = encode_variants(tokenizer, sample, policy)
         except ParameterError:  # even the query alone exceeds the trained length: counted, not measured
             too_long += 1
             continue
