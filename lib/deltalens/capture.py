@@ -1,35 +1,76 @@
-"""Capture Mamba's step size Δ with forward hooks on unmodified models.
+"""Capture the step size Δ of selective-SSM (Mamba) mixers with forward hooks on unmodified models.
 
-Which tensor Δ is
------------------
-In every selective-SSM mixer (``mambapy.mamba.MambaBlock``, transformers' ``MambaMixer`` and ``FalconMambaMixer``)::
+Which tensor Δ is, per family
+-----------------------------
+Each supported mixer class has a :class:`MixerAdapter`: which submodule call to hook, how Δ is recomputed (float32)
+from that call's output, and Δ's granularity. Line numbers cite the pinned transformers 5.24 sources
+(``transformers/models/<family>/modeling_<family>.py``).
 
-    x_dbl  = x_proj(u)                          # u: (B, L, d_inner), the conv+SiLU branch
-    dt     = x_dbl[..., :dt_rank]                # (B, L, dt_rank)
-    dt     = dt_norm(dt)                         # FalconMamba: weightless RMS norm (eps = mixer.rms_eps);
+Mamba-1 style, ``granularity='channel'``, Δ (B, L, d_inner); hook on ``x_proj``
+(``mambapy``: ``mambapy.mamba.MambaBlock``; ``mamba``: ``MambaMixer``; ``falcon_mamba``: ``FalconMambaMixer``;
+``jamba``: ``JambaMambaMixer``)::
+
+    x_dbl  = x_proj(u)                          # u: (B, L, d_inner), the conv+SiLU branch (zeroed at padding)
+    dt     = dt_norm(x_dbl[..., :dt_rank])      # FalconMamba: weightless RMS norm; Jamba: its weighted dt_layernorm;
                                                  # mambapy with inner_layernorms: its RMSNorm; plain Mamba: none
     Δ      = softplus(dt @ dt_proj.weight.T + dt_proj.bias)      # (B, L, d_inner)
 
-``x_proj`` is the one piece called as a module on every code path (mambapy's parallel and sequential scans and its
-step mode, transformers' PyTorch fallback and CUDA kernels in eval mode); ``dt_proj`` is often applied as
-``dt_proj.weight @ ...`` and never fires a hook. So the hook sits on ``x_proj`` and recomputes Δ from its output,
-in float32. Tests check it equals an independent computation from the weights and mambapy's own step path.
+``x_proj`` is the one piece called as a module on every eval-mode path; ``dt_proj`` is applied as
+``dt_proj.weight @ ...`` and never fires a hook.
+
+Zamba v1 (``zamba``: ``ZambaMambaMixer``), ``granularity='channel'``, Δ (B, L, d_inner = n_heads * head_dim); hook on
+``in_proj``: Mamba-1 maths run per head with per-head ``x_proj_weight`` / ``dt_proj_weight`` *parameters* (no module
+calls), so the short convolution is recomputed from ``in_proj``'s output (and the cache's conv state when decoding)::
+
+    x      = in_proj(h)[..., 0::2]              # x and gate interleave per channel: view(B, d_inner, 2, L)
+    u      = mask * act(causal_conv1d(x))       # (B, L, H, head_dim)
+    dt     = u @ x_proj_weight[h, :dt_rank].T   # per head h
+    Δ      = softplus(dt @ dt_proj_weight[h].T + dt_proj_bias[h])    # (B, L, H * head_dim)
+
+Mamba-2 style, ``granularity='head'``, Δ (B, L, n_heads); hook on ``in_proj`` (``mamba2``: ``Mamba2Mixer``;
+``zamba2``: ``Zamba2MambaMixer``; ``falcon_h1``: ``FalconH1Mixer``; ``nemotron_h``: ``NemotronHMamba2Mixer``;
+``granitemoehybrid``: ``GraniteMoeHybridMambaLayer``; ``bamba``: ``BambaMixer``)::
+
+    dt     = in_proj(h)[..., -n_heads:]         # in_proj's output is [gate | x B C | dt]
+    dt     = dt * mup_vector[..., -n_heads:]    # FalconH1 only: µP multiplier ssm_multipliers[4] on the dt slice
+                                                 # (its ssm_in_multiplier scales in_proj's input: already in the output)
+    Δ      = softplus(dt + dt_bias)             # (B, L, n_heads)
+    Δ      = clamp(Δ, *mixer.time_step_limit)   # chunked (prefill / full-sequence) path only
+
+``mixer.time_step_limit`` is what the model uses: ``config.time_step_limit`` for mamba2, falcon_h1, granitemoehybrid,
+bamba, but ``(config.time_step_min, inf)`` for zamba2 and nemotron_h (their config's time_step_limit is ignored).
+time_step_floor / time_step_max only initialise ``dt_bias``. The single-token recurrent path (a cache with a
+recurrent state, one token: ``mamba2_selective_state_update``) applies no clamp, and neither does Δ captured there.
+``in_proj`` is called as a module before any branch in 5.24 (torch path, ``mamba_ssm`` kernels, and the fused
+training kernel alike), so every path is captured. A pre-hook on the mixer records its ``cache`` and
+``attention_mask`` (the recurrent-path test, Zamba's conv state and padding mask); a post-hook refuses, with an error,
+a forward in which the hooked submodule was not called as a module (e.g. a fused Mamba-1 training kernel).
+
+Padding: exactly as far as the model masks. At the pad positions of the 2D mask transformers passes to the mixer
+(None for unpadded batches and single-token steps) it zeroes the mixer's input (before ``in_proj``) and the conv
+output (``x_proj``'s input in Mamba-1), so Δ there is softplus(dt bias) (Mamba-2: softplus(dt_bias + in_proj's bias),
+clamped), not a function of the token; exclude pad positions or use batch size 1. Models called without an
+attention mask, and mambapy (which has none), mask nothing.
 
 Usage::
 
     with capture_delta(model) as delta:      # all mixers, full Δ kept
         model(tokens)
-    delta.stacked()                          # (n_layers, B, L, d_inner) from the last forward
+    delta.stacked()                          # (n_mixers, B, L, width) from the last forward
+    delta.granularity, delta.layer_ids       # per mixer: 'channel' | 'head', the model's own layer numbers
 
     with capture_delta(model, reduce=token_stats) as delta:   # reduce inside the hook (big models)
         model(tokens)
 
-The model must be in ``eval()`` mode for transformers models: their training path fuses x_proj into one kernel.
-Padded batch rows get Δ = softplus(bias) at pad positions; exclude them or use batch size 1.
+    describe_layers(model)                   # hybrids: which layers are SSM, attention, both, or MLP/MoE only
+
+Mamba-1 transformers models must be in ``eval()`` mode when the CUDA kernels are installed: their training path
+fuses x_proj into one kernel (refused with a RuntimeError during the forward).
 """
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -39,26 +80,37 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def find_mixers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every selective-SSM mixer in ``model``, in forward order: modules with ``x_proj``, ``dt_proj`` and ``A_log``."""
-    found = [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(getattr(m, "x_proj", None), nn.Linear)
-        and isinstance(getattr(m, "dt_proj", None), nn.Linear)
-        and isinstance(getattr(m, "A_log", None), torch.Tensor)
-    ]
-    if not found:
-        raise ValueError(
-            f"{type(model).__name__} has no Mamba mixer (a module with x_proj, dt_proj and A_log); "
-            "supported: mambapy.mamba.MambaBlock, transformers MambaMixer / FalconMambaMixer"
-        )
-    return found
+# ---- the call a mixer's forward received ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MixerCall:
+    """Arguments of one mixer forward, recorded by a pre-hook: transformers' ``forward(hidden_states, cache,
+    attention_mask, **kwargs)``. Read in the hook, before the mixer updates its cache."""
+
+    seq_len: int
+    cache: Any = None
+    attention_mask: torch.Tensor | None = None
+
+    @staticmethod
+    def from_args(args: tuple, kwargs: dict) -> "MixerCall":
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        cache = args[1] if len(args) > 1 else kwargs.get("cache", kwargs.get("cache_params"))
+        mask = args[2] if len(args) > 2 else kwargs.get("attention_mask")
+        seq_len = hidden.shape[1] if isinstance(hidden, torch.Tensor) and hidden.dim() == 3 else 1
+        return MixerCall(seq_len, cache, mask)
 
 
+def _recurrent_step(mixer: nn.Module, call: MixerCall | None) -> bool:
+    """True when a transformers mixer takes its single-token recurrent path: ``recurrent_state is not None and
+    seq_len == 1`` (e.g. modeling_mamba2.py L550)."""
+    if call is None or call.cache is None or call.seq_len != 1:
+        return False
+    return call.cache.get_recurrent_state(mixer.layer_idx, state_idx=0) is not None
+
+
+# ---- Δ per family ---------------------------------------------------------------------------------------------------
 def _dt_norm(mixer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     norm = getattr(mixer, "dt_layernorm", None)
-    if isinstance(norm, nn.Module):  # mambapy inner_layernorms, transformers >= 5 FalconMamba
+    if isinstance(norm, nn.Module):  # mambapy inner_layernorms, transformers >= 5 FalconMamba, Jamba
         return lambda dt: norm(dt).float()
     eps = getattr(mixer, "rms_eps", None)
     if eps is not None:  # transformers 4.x FalconMamba: rms_forward(time_step, variance_epsilon=rms_eps)
@@ -67,18 +119,244 @@ def _dt_norm(mixer: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def delta_from_x_proj(mixer: nn.Module, x_dbl: torch.Tensor) -> torch.Tensor:
-    """Δ (float32, (..., d_inner)) from the output of ``mixer.x_proj``."""
+    """Δ (float32, (..., d_inner)) of a Mamba-1 style mixer from the output of ``mixer.x_proj``."""
     dt_rank = mixer.dt_proj.in_features
     dt = _dt_norm(mixer)(x_dbl[..., :dt_rank]).float()
     return F.softplus(F.linear(dt, mixer.dt_proj.weight.float(), mixer.dt_proj.bias.float()))
 
 
+def _mamba1_delta(mixer: nn.Module, x_dbl: torch.Tensor, call: MixerCall | None) -> torch.Tensor:
+    """x_proj output (B, L, dt_rank + 2N) -> Δ (B, L, d_inner); e.g. modeling_jamba.py L563-581, L366-368."""
+    return delta_from_x_proj(mixer, x_dbl)
+
+
+def _zamba_delta(mixer: nn.Module, proj: torch.Tensor, call: MixerCall | None) -> torch.Tensor:
+    """ZambaMambaMixer.forward, modeling_zamba.py L496-553 and mamba_selective_scan L323-326."""
+    batch, seq_len, _ = proj.shape
+    x = proj[..., 0::2].float().transpose(1, 2)            # (B, d_inner, L): view(B, d_inner, 2, L).chunk(2, dim=2)
+    left = None
+    if call is not None and call.cache is not None:        # decoding / continuing: the conv state is the left context
+        left = call.cache.get_conv_state(mixer.layer_idx, state_idx=0)
+    if left is not None:
+        x = torch.cat([left.float(), x], dim=-1)           # (B, d_inner, K + L)
+    conv = mixer.conv1d
+    k = conv.weight.shape[-1]
+    bias = conv.bias.float() if conv.bias is not None else None
+    u = F.conv1d(x, conv.weight.float(), bias, padding=k - 1, groups=x.shape[1])[..., : x.shape[-1]]
+    u = mixer.act(u[..., -seq_len:]).transpose(1, 2)       # (B, L, d_inner)
+    if call is not None and call.attention_mask is not None:
+        u = u * call.attention_mask[:, :, None].float()    # apply_mask_to_padding_states
+    u = u.reshape(batch, seq_len, mixer.n_mamba_heads, -1)  # (B, L, H, head_dim)
+    dt = torch.einsum("blhd,hrd->blhr", u, mixer.x_proj_weight[:, : mixer.time_step_rank].float())  # (B, L, H, R)
+    dt = torch.einsum("blhr,hdr->blhd", dt, mixer.dt_proj_weight.float())                            # (B, L, H, hd)
+    return F.softplus(dt + mixer.dt_proj_bias.float()).reshape(batch, seq_len, -1)                   # (B, L, d_inner)
+
+
+def _mamba2_delta(mixer: nn.Module, proj: torch.Tensor, call: MixerCall | None, dt_scale=None) -> torch.Tensor:
+    """in_proj output (B, L, 2 d_inner + 2 G N + H) -> Δ (B, L, H); e.g. modeling_mamba2.py L479, L508-510, then
+    mamba2_chunk_scan L276-280 (chunked path) or mamba2_selective_state_update L213-216 (recurrent step, no clamp)."""
+    n_heads = mixer.dt_bias.shape[-1]
+    dt = proj[..., -n_heads:].float()                      # (B, L, H): [gate | xBC | dt] = in_proj(h)
+    if dt_scale is not None:
+        dt = dt * dt_scale[..., -n_heads:].float()
+    delta = F.softplus(dt + mixer.dt_bias.float())         # (B, L, H)
+    limit = mixer.time_step_limit
+    if limit is not None and not _recurrent_step(mixer, call):
+        delta = torch.clamp(delta, min=limit[0], max=limit[1])
+    return delta
+
+
+def _falcon_h1_delta(mixer: nn.Module, proj: torch.Tensor, call: MixerCall | None) -> torch.Tensor:
+    """As Mamba-2, after ``projected_states * self.mup_vector`` (modeling_falcon_h1.py L690)."""
+    return _mamba2_delta(mixer, proj, call, dt_scale=mixer.mup_vector)
+
+
+# ---- adapters -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MixerAdapter:
+    """How to capture Δ in one mixer family.
+
+    ``classes``: qualified class names (``module.QualName``) recognised anywhere in a module's MRO;
+    ``hook``: the submodule whose forward output Δ is recomputed from; ``delta(mixer, output, call)``: Δ float32
+    (B, L, width) from that output (and the mixer's :class:`MixerCall`); ``width(mixer)``: Δ's last dimension;
+    ``requires``: attributes the recompute reads (checked when the mixer is found); ``source``: what it mirrors.
+    """
+
+    family: str
+    classes: tuple[str, ...]
+    granularity: str  # 'channel' (d_inner) | 'head' (n_heads)
+    hook: str
+    delta: Callable[[nn.Module, torch.Tensor, MixerCall | None], torch.Tensor]
+    width: Callable[[nn.Module], int]
+    requires: tuple[str, ...] = ()
+    source: str = ""
+
+
+_T = "transformers.models"
+_MAMBA1_REQUIRES = ("x_proj", "dt_proj", "A_log")
+_MAMBA2_REQUIRES = ("in_proj", "dt_bias", "A_log", "time_step_limit", "layer_idx")
+
+ADAPTERS: tuple[MixerAdapter, ...] = (
+    MixerAdapter("mambapy", ("mambapy.mamba.MambaBlock",), "channel", "x_proj", _mamba1_delta,
+                 lambda m: m.dt_proj.out_features, _MAMBA1_REQUIRES,
+                 "mambapy/mamba.py MambaBlock.ssm / ssm_step: deltaBC = x_proj(x); delta = softplus(dt_proj(dt))"),
+    MixerAdapter("mamba", (f"{_T}.mamba.modeling_mamba.MambaMixer",), "channel", "x_proj", _mamba1_delta,
+                 lambda m: m.dt_proj.out_features, _MAMBA1_REQUIRES,
+                 "modeling_mamba.py L433-441 (x_proj, dt_proj.weight @), mamba_selective_scan L204-207"),
+    MixerAdapter("falcon_mamba", (f"{_T}.falcon_mamba.modeling_falcon_mamba.FalconMambaMixer",), "channel", "x_proj",
+                 _mamba1_delta, lambda m: m.dt_proj.out_features, _MAMBA1_REQUIRES,
+                 "modeling_falcon_mamba.py L461-478 (x_proj, weightless dt_layernorm, dt_proj.weight @)"),
+    MixerAdapter("jamba", (f"{_T}.jamba.modeling_jamba.JambaMambaMixer",), "channel", "x_proj", _mamba1_delta,
+                 lambda m: m.dt_proj.out_features, _MAMBA1_REQUIRES,
+                 "modeling_jamba.py L563-581 (x_proj, dt_layernorm with weight, dt_proj.weight @), L366-368"),
+    MixerAdapter("zamba", (f"{_T}.zamba.modeling_zamba.ZambaMambaMixer",), "channel", "in_proj", _zamba_delta,
+                 lambda m: m.dt_proj_bias.numel(),
+                 ("in_proj", "conv1d", "act", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "n_mamba_heads",
+                  "time_step_rank", "layer_idx"),
+                 "modeling_zamba.py L496-553 (in_proj, interleaved split, conv, per-head x_proj / dt_proj), L323-326"),
+    MixerAdapter("mamba2", (f"{_T}.mamba2.modeling_mamba2.Mamba2Mixer",), "head", "in_proj", _mamba2_delta,
+                 lambda m: m.dt_bias.numel(), _MAMBA2_REQUIRES,
+                 "modeling_mamba2.py L479, L508-510 (dt slice), mamba2_chunk_scan L276-280, state update L213-216"),
+    MixerAdapter("zamba2", (f"{_T}.zamba2.modeling_zamba2.Zamba2MambaMixer",), "head", "in_proj", _mamba2_delta,
+                 lambda m: m.dt_bias.numel(), _MAMBA2_REQUIRES,
+                 "modeling_zamba2.py L670 (limit = (time_step_min, inf)), L741, L770-772, mamba2_chunk_scan L548-552"),
+    MixerAdapter("falcon_h1", (f"{_T}.falcon_h1.modeling_falcon_h1.FalconH1Mixer",), "head", "in_proj",
+                 _falcon_h1_delta, lambda m: m.dt_bias.numel(), _MAMBA2_REQUIRES + ("mup_vector",),
+                 "modeling_falcon_h1.py L688-690 (ssm_in_multiplier, in_proj, * mup_vector), L719-721, L491-495"),
+    MixerAdapter("nemotron_h", (f"{_T}.nemotron_h.modeling_nemotron_h.NemotronHMamba2Mixer",), "head", "in_proj",
+                 _mamba2_delta, lambda m: m.dt_bias.numel(), _MAMBA2_REQUIRES,
+                 "modeling_nemotron_h.py L415 (limit = (time_step_min, inf)), L486, L515-517, L292-296"),
+    MixerAdapter("granitemoehybrid", (f"{_T}.granitemoehybrid.modeling_granitemoehybrid.GraniteMoeHybridMambaLayer",),
+                 "head", "in_proj", _mamba2_delta, lambda m: m.dt_bias.numel(), _MAMBA2_REQUIRES,
+                 "modeling_granitemoehybrid.py L596, L625-627, mamba2_chunk_scan L407-411"),
+    MixerAdapter("bamba", (f"{_T}.bamba.modeling_bamba.BambaMixer",), "head", "in_proj", _mamba2_delta,
+                 lambda m: m.dt_bias.numel(), _MAMBA2_REQUIRES,
+                 "modeling_bamba.py L675, L704-706, mamba2_chunk_scan L486-490"),
+)
+
+
+def supported_families() -> str:
+    return ", ".join(f"{a.family} ({a.classes[0].rsplit('.', 1)[-1]})" for a in ADAPTERS)
+
+
+def adapter_for(module: nn.Module) -> MixerAdapter | None:
+    """The adapter of ``module``'s class (or of a class it derives from), None if it is no supported mixer."""
+    names = {f"{c.__module__}.{c.__qualname__}" for c in type(module).__mro__}
+    return next((a for a in ADAPTERS if names.intersection(a.classes)), None)
+
+
+def _looks_like_mixer(module: nn.Module) -> bool:
+    """A selective-SSM lookalike: an ``A_log`` tensor next to a step-size or projection piece."""
+    return isinstance(getattr(module, "A_log", None), torch.Tensor) and any(
+        hasattr(module, a) for a in ("dt_bias", "dt_proj", "dt_proj_weight", "x_proj", "in_proj")
+    )
+
+
+def find_mixers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every selective-SSM mixer in ``model``, in forward order, each of a supported family (:data:`ADAPTERS`).
+
+    A module that looks like a mixer (``A_log`` and ``dt_bias`` / ``dt_proj`` / ``in_proj`` ...) but whose class is no
+    supported family is refused rather than skipped, and so is a model with no mixer at all.
+    """
+    found = []
+    for name, m in model.named_modules():
+        adapter = adapter_for(m)
+        if adapter is None:
+            if _looks_like_mixer(m):
+                raise ValueError(
+                    f"{type(model).__name__}: {name or 'the model'} ({type(m).__module__}.{type(m).__qualname__}) "
+                    "looks like a selective-SSM mixer but its family is not supported; "
+                    f"supported: {supported_families()}"
+                )
+            continue
+        missing = [a for a in adapter.requires if not hasattr(m, a)]
+        if missing:
+            raise ValueError(
+                f"{type(model).__name__}: {name} ({type(m).__qualname__}, family {adapter.family}) lacks {missing}: "
+                "not the layout this capture was written for"
+            )
+        found.append((name, m))
+    if not found:
+        raise ValueError(
+            f"{type(model).__name__} has no Mamba mixer of a supported family; supported: {supported_families()}"
+        )
+    return found
+
+
+def delta_width(mixer: nn.Module) -> int:
+    """Δ's last dimension for ``mixer``: d_inner for channel-granularity families, n_heads for head granularity."""
+    adapter = adapter_for(mixer)
+    if adapter is None:
+        raise ValueError(f"{type(mixer).__qualname__} is no supported mixer; supported: {supported_families()}")
+    return int(adapter.width(mixer))
+
+
+_LAYER_NUMBER = re.compile(r"\.(\d+)(?=\.|$)")
+
+
+def _layer_id(name: str, mixer: nn.Module) -> int | None:
+    """The model's own number of the layer holding ``mixer``: its ``layer_idx`` (transformers), else the index in
+    the layer list of its module name (``mamba.layers.3.mixer`` -> 3)."""
+    idx = getattr(mixer, "layer_idx", None)
+    if isinstance(idx, int):
+        return idx
+    numbers = _LAYER_NUMBER.findall("." + name)
+    return int(numbers[-1]) if numbers else None
+
+
+def describe_layers(model: nn.Module) -> list[dict]:
+    """One dict per layer of the list holding the model's mixers (e.g. ``model.model.layers``):
+    ``{layer, kind, family, mixer, attention}``.
+
+    ``kind``: 'ssm', 'attention', 'ssm+attention' (Zamba / Zamba2 hybrid layers: a shared attention block before the
+    Mamba mixer; FalconH1: both in parallel), or for layers with neither 'moe' / 'mlp' / 'other'. ``family`` is the
+    SSM mixer's family (None without one); ``mixer`` / ``attention`` name the modules (None without one).
+    """
+    mixers = find_mixers(model)
+    first = mixers[0][0]
+    m = re.match(r"(.+?)\.(\d+)\.", first + ".")
+    container = m.group(1) if m else ""
+    layers = model.get_submodule(container) if container else None
+    if not isinstance(layers, (nn.ModuleList, nn.Sequential)):
+        return [{"layer": _layer_id(n, mx), "kind": "ssm", "family": adapter_for(mx).family, "mixer": n,
+                 "attention": None} for n, mx in mixers]
+    out = []
+    for i, layer in enumerate(layers):
+        prefix = f"{container}.{i}."
+        ssm = [(n, mx) for n, mx in mixers if n.startswith(prefix)]
+        sub = list(layer.named_modules(prefix=prefix.rstrip("."), remove_duplicate=False))
+        attn = [n for n, s in sub if type(s).__name__.endswith("Attention")]
+        if ssm and attn:
+            kind = "ssm+attention"
+        elif ssm:
+            kind = "ssm"
+        elif attn:
+            kind = "attention"
+        elif any(re.search(r"moe|experts", type(s).__name__, re.I) for _, s in sub):
+            kind = "moe"
+        elif any(type(s).__name__.upper().endswith("MLP") for _, s in sub):
+            kind = "mlp"
+        else:
+            kind = "other"
+        out.append({"layer": i, "kind": kind, "family": adapter_for(ssm[0][1]).family if ssm else None,
+                    "mixer": ssm[0][0] if ssm else None, "attention": attn[0] if attn else None})
+    return out
+
+
+# ---- recording ------------------------------------------------------------------------------------------------------
 @dataclass
 class DeltaRecord:
-    """What one ``capture_delta`` block saw: ``per_layer[i]`` holds one entry per forward call of mixer ``i``."""
+    """What one ``capture_delta`` block saw: ``per_layer[i]`` holds one entry per forward call of mixer ``i``.
+
+    Per mixer: ``granularity`` ('channel': Δ (B, L, d_inner); 'head': Δ (B, L, n_heads)), ``family`` (adapter
+    family) and ``layer_ids`` (the model's own layer number, e.g. the index in ``model.model.layers`` of a hybrid).
+    """
 
     names: list[str]
     per_layer: list[list[Any]] = field(default_factory=list)
+    granularity: list[str] = field(default_factory=list)
+    family: list[str] = field(default_factory=list)
+    layer_ids: list[int | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.per_layer:
@@ -93,7 +371,7 @@ class DeltaRecord:
         if self.n_calls == 0:
             raise RuntimeError(
                 "no Δ was captured: no forward ran inside the capture block, or the model took a fused path that "
-                "skips x_proj (transformers models must be in eval() mode)"
+                "skips the hooked projection (transformers Mamba-1 models must be in eval() mode)"
             )
         return [calls[-1] for calls in self.per_layer]
 
@@ -113,10 +391,12 @@ def capture_delta(
     layers: list[int] | None = None,
     to_cpu: bool = True,
 ) -> Iterator[DeltaRecord]:
-    """Hook every Mamba mixer of ``model`` (or the ``layers`` indices) and record Δ of each forward call.
+    """Hook every SSM mixer of ``model`` (or the ``layers`` indices into :func:`find_mixers`) and record Δ of each
+    forward call.
 
-    ``reduce`` maps Δ (B, L, d_inner) float32 to whatever is kept (default: Δ itself); a step-mode call (mambapy
-    ``step``) gives Δ of shape (B, 1, d_inner). Results are detached and, with ``to_cpu``, moved to the CPU.
+    ``reduce`` maps Δ float32 -- (B, L, d_inner) for channel granularity, (B, L, n_heads) for head granularity -- to
+    whatever is kept (default: Δ itself); a step-mode call gives L = 1. Results are detached and, with ``to_cpu``,
+    moved to the CPU.
     """
     mixers = find_mixers(model)
     if layers is not None:
@@ -124,14 +404,40 @@ def capture_delta(
         if bad:
             raise ValueError(f"layers={layers}: {bad} out of range; the model has {len(mixers)} mixers (0..{len(mixers) - 1})")
         mixers = [mixers[i] for i in layers]
-    record = DeltaRecord(names=[name for name, _ in mixers])
+    adapters = [adapter_for(m) for _, m in mixers]
+    record = DeltaRecord(
+        names=[name for name, _ in mixers],
+        granularity=[a.granularity for a in adapters],
+        family=[a.family for a in adapters],
+        layer_ids=[_layer_id(name, m) for name, m in mixers],
+    )
+    calls: list[MixerCall | None] = [None] * len(mixers)  # the mixer forward in progress, per mixer
+    fired = [False] * len(mixers)
 
-    def make_hook(i: int, mixer: nn.Module):
+    def make_pre_hook(i: int):
+        def pre_hook(_module, args, kwargs):
+            calls[i], fired[i] = MixerCall.from_args(args, kwargs), False
+
+        return pre_hook
+
+    def make_post_hook(i: int, name: str, adapter: MixerAdapter):
+        def post_hook(_module, _args, _kwargs, _output):
+            called, calls[i] = fired[i], None
+            if not called:
+                raise RuntimeError(
+                    f"capture_delta: mixer {name} ({adapter.family}) ran without calling {adapter.hook} as a module "
+                    "(a fused kernel path), so its Δ cannot be captured; run the model in eval() mode"
+                )
+
+        return post_hook
+
+    def make_hook(i: int, mixer: nn.Module, adapter: MixerAdapter):
         def hook(_module, _inputs, output):
+            fired[i] = True
             # float32 whatever the model runs in: autocast (half-precision parallel scan) would recompute in bf16
             with torch.no_grad(), torch.autocast(output.device.type, enabled=False):
-                out = output if output.dim() == 3 else output.unsqueeze(1)
-                delta = delta_from_x_proj(mixer, out)
+                out = output if output.dim() == 3 else output.unsqueeze(1)  # mambapy step: (B, ·) -> (B, 1, ·)
+                delta = adapter.delta(mixer, out, calls[i])
                 kept = reduce(delta) if reduce is not None else delta
                 if to_cpu:
                     kept = _to_cpu(kept)
@@ -139,8 +445,12 @@ def capture_delta(
 
         return hook
 
-    handles = [m.x_proj.register_forward_hook(make_hook(i, m)) for i, (_, m) in enumerate(mixers)]
+    handles = []
     try:
+        for i, ((name, m), adapter) in enumerate(zip(mixers, adapters)):
+            handles.append(m.register_forward_pre_hook(make_pre_hook(i), with_kwargs=True))
+            handles.append(m.register_forward_hook(make_post_hook(i, name, adapter), with_kwargs=True))
+            handles.append(m.get_submodule(adapter.hook).register_forward_hook(make_hook(i, m, adapter)))
         yield record
     finally:
         for h in handles:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .capture import capture_delta, find_mixers
+from .capture import adapter_for, capture_delta, delta_width, find_mixers
 from .params import ParameterError, check_choice, check_int
 from .paths import resolve
 from .prompts import Encoded
@@ -140,8 +140,12 @@ def trained_length(lm) -> int | None:
 def model_facts(lm) -> dict:
     mixers = find_mixers(lm)
     m0 = mixers[0][1]
-    return {"architecture": type(lm).__name__, "n_layers": len(mixers), "d_inner": int(m0.dt_proj.out_features),
-            "d_state": int(m0.A_log.shape[-1]), "dtype": str(next(lm.parameters()).dtype).replace("torch.", ""),
+    adapter = adapter_for(m0)
+    d_state = getattr(m0, "ssm_state_size", None) or getattr(m0, "d_state", None) or int(m0.A_log.shape[-1])
+    d_inner = getattr(m0, "intermediate_size", None) or delta_width(m0)  # Mamba-2: heads x head_dim
+    return {"architecture": type(lm).__name__, "n_layers": len(mixers), "d_inner": int(d_inner),
+            "delta_width": delta_width(m0), "delta_granularity": adapter.granularity if adapter else "channel", "mixer_family": adapter.family if adapter else None,
+            "d_state": int(d_state), "dtype": str(next(lm.parameters()).dtype).replace("torch.", ""),
             "n_parameters": int(sum(p.numel() for p in lm.parameters())), "trained_length": trained_length(lm)}
 
 
@@ -191,7 +195,7 @@ def set_scan(lm, scan: str | bool = "auto") -> ScanChoice:
     if scan == "auto":
         if kernels:
             scan = "cuda_kernels"
-        elif has_mambapy and (device == "cuda" or find_mixers(lm)[0][1].dt_proj.out_features <= 128):
+        elif has_mambapy and (device == "cuda" or delta_width(find_mixers(lm)[0][1]) <= 128):
             scan = "mambapy"
         else:
             scan = "sequential"
