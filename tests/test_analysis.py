@@ -40,7 +40,7 @@ def test_evaluate_matches_sklearn_and_choose_on_dev_looks_only_at_dev():
     rng = np.random.default_rng(0)
     n = 400
     t = pd.DataFrame({"sample_id": np.repeat(np.arange(40), 10).astype(str), "split": np.repeat(["dev", "test"], 200),
-                      "relevant": rng.random(n) < 0.2})
+                      "relevant": rng.random(n) < 0.2, "project": np.repeat(np.arange(8), 50).astype(str)})
     t["good"] = t["relevant"] + rng.normal(0, 0.8, n)
     t["bad"] = -t["good"]
     r = an.evaluate(t, "good", "relevant", split="test", n_boot=50)
@@ -111,14 +111,15 @@ def test_analysis_notebook_tiny(pipeline):
               "figures_dir": str(root / "fig"), "progress": False}
     run_notebook("notebooks/04_analysis.ipynb", root / "04.ipynb", params)
     m = json.loads((root / "out/metrics.json").read_text())
-    t = an.chunk_table(ds, runs, root / "labels")
+    t = an.add_within_prompt(an.chunk_table(ds, runs, root / "labels"))
     test = t[t["split"] == "test"]
     rec = {(r["score"], r["truth"]): r for r in m["scores"]}
     # a fixed-sign baseline: the recorded AUC is sklearn's on the test rows
     assert rec[("BM25", "relevant")]["auc"] == pytest.approx(roc_auc_score(test["relevant"], test["bm25"]))
     # the dev-chosen Δ score: brute force over dev rows, then its AUC on test
     dev = t[t["split"] == "dev"]
-    cands = [(c, sg, roc_auc_score(dev["relevant"], sg * dev[c])) for c in an.delta_columns(t, "tiny/context_first")
+    cands = [(c, sg, roc_auc_score(dev["relevant"], sg * dev[c]))
+             for c in an.delta_columns(t, "tiny/context_first") + an.within_prompt_columns(t, "tiny/context_first")
              for sg in (1, -1)]
     col, sign, _ = max(cands, key=lambda x: x[2])
     best = rec[("Δ best (tiny/context_first)", "relevant")]
@@ -135,6 +136,19 @@ def test_analysis_notebook_tiny(pipeline):
     assert set(curves["score"]) >= {"random", "BM25", "oracle (ground truth)", "Δ best (tiny/query_first)"}
     results = (root / "out/results.md").read_text()
     assert "| BM25 |" in results and "Filtering (3 test samples" in results
+    # within-prompt metrics: BM25's mean ROC-AUC within prompts is sklearn's per test prompt, averaged
+    within = {r["score"]: r for r in m["within_prompt"]}
+    per_prompt = [roc_auc_score(g["relevant"], g["bm25"]) for _, g in test.groupby("sample_id")
+                  if 0 < g["relevant"].sum() < len(g)]
+    assert within["BM25"]["sample_auc"] == pytest.approx(np.mean(per_prompt))
+    # the paired comparison's pair was fixed on dev and its difference is a - b on test
+    paired = m["paired_differences"]
+    assert paired and all(r["diff"] == pytest.approx(r["a_value"] - r["b_value"]) for r in paired)
+    assert all(r["diff_lo"] <= r["diff"] + 1e-9 <= r["diff_hi"] + 2e-9 or r["verdict"] != "not distinguishable"
+               for r in paired)
+    assert "**Paired differences**" in results and "**The lexical shortcut**" in results
+    strata = m["lexical_strata"]
+    assert {r["name_in_query"] for r in strata} == {True, False}
     for f in ("scores_relevant.png", "delta_auc_by_layer.png", "per_category.png", "filtering.png"):
         assert (root / "fig" / f).stat().st_size > 0
     # the context gain and leave-one-out figures equal a recomputation from the saved parquet files

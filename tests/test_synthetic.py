@@ -96,3 +96,16 @@ def test_summary_from_metrics(tmp_path):
     # the compact table takes the most informative score from metrics.json (here an inverted mean-log score)
     assert row["context: most informative Δ score"] == "Δmean_log L0 0.200" and row["context Δmean_log L0"] == 0.2
     assert row["data: most informative Δ score"] == "n/a"
+
+
+def test_best_single_score_is_chosen_on_dev_and_reported_on_test():
+    import pandas as pd
+
+    rows = lambda vals: pd.DataFrame([{"population": "context", "layer": l, "score": s, "auc": a, "ci_low": a - .1,
+                                       "ci_high": a + .1} for (l, s), a in vals.items()])
+    dev = rows({(0, "mean"): 0.55, (1, "max"): 0.20, (1, "mean"): 0.60})
+    test = rows({(0, "mean"): 0.95, (1, "max"): 0.45, (1, "mean"): 0.61})   # the test's best never chooses
+    best = synthetic.choose_best_on_dev(dev, test)["context"]
+    assert (best["layer"], best["score"], best["direction"]) == (1, "max", -1)
+    assert best["auc"] == 0.45 and best["dev_auc"] == 0.20 and best["candidates"] == 3
+    assert "data" not in synthetic.choose_best_on_dev(dev, test)

@@ -12,7 +12,12 @@ The chunk table (:func:`chunk_table`) has one row per (sample, chunk) and these 
 * ``bm25, tfidf, embedding`` — similarity to the query (the reference labelers' scores);
 * ``length`` (characters), ``path_distance`` (directory steps between the chunk's file and the completion file; other
   projects count as far away), ``random`` (seeded);
-* ``llm:<labeler>`` — a generative labeler's labels (1 / 0, NaN where it gave none): a score, and ground truth 3.
+* ``llm:<labeler>`` — a generative labeler's labels (1 / 0, NaN where it gave none): a score, and ground truth 3;
+* ``name_in_query`` — the chunk defines a name the query already contains (the lexical shortcut's stratum);
+* ``inprompt_rank:<delta column>``, ``inprompt_z:<delta column>`` — Δ normalised inside its prompt (percentile rank,
+  z-score), added by :func:`add_within_prompt`: score variants for a filter that only compares chunks of one prompt.
+
+Intervals everywhere are a projects-then-samples bootstrap (:mod:`deltalens.ranking`).
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from .metrics import auc, bootstrap_ci, pr_auc
+from .metrics import auc, pr_auc
 from .paths import resolve
+from .ranking import cluster_resamples, interval, metric_values, name_in_query
 
 STATS = ("mean", "mean_log", "l2", "max")
 BASELINES = ("bm25", "tfidf", "embedding")
@@ -62,6 +68,7 @@ def chunk_table(ds, runs: dict[str, str | Path] | None = None, labels_dir: str |
                           for sid, p, cp in zip(t["sample_id"], t["chunk_path"], t["chunk_project"])]
     t["random"] = np.random.default_rng(seed).random(len(t))
     t = t.drop(columns=["text"]).set_index(["sample_id", "chunk_index"])
+    t["name_in_query"] = name_in_query(ds).reindex(t.index)
     for name, d in (runs or {}).items():
         d = resolve(d)
         for f in ("chunk_delta.parquet", "chunk_lm.parquet"):
@@ -121,9 +128,10 @@ def runs_of(t: pd.DataFrame) -> list[str]:
 
 # ---- metrics ---------------------------------------------------------------------------------------------------------
 def evaluate(t: pd.DataFrame, score: str | np.ndarray, truth: str, *, split: str | None = "test", sign: float = 1.0,
-             n_boot: int = 200, seed: int = 0, mask: np.ndarray | None = None) -> dict:
-    """ROC-AUC and PR-AUC of ``sign * score`` against the boolean ``truth`` column, with 95 % bootstrap intervals over
-    samples; rows where score or truth is missing are left out (``n`` says how many were used)."""
+             n_boot: int = 200, seed: int = 0, mask: np.ndarray | None = None, metric: str = "auc") -> dict:
+    """ROC-AUC and PR-AUC of ``sign * score`` against the boolean ``truth`` column, with 95 % intervals from a
+    bootstrap over projects, then samples within them; rows where score or truth is missing are left out (``n`` says
+    how many were used). ``metric='sample_auc'`` also gives the mean ROC-AUC within each prompt (key ``sample_auc``)."""
     values = t[score].to_numpy(float) if isinstance(score, str) else np.asarray(score, float)
     y = t[truth].to_numpy(float)
     keep = ~np.isnan(values) & ~np.isnan(y)
@@ -131,12 +139,16 @@ def evaluate(t: pd.DataFrame, score: str | np.ndarray, truth: str, *, split: str
         keep &= (t["split"] == split).to_numpy()
     if mask is not None:
         keep &= mask
-    v, yy, g = sign * values[keep], y[keep].astype(bool), t["sample_id"].to_numpy()[keep]
+    tt = t[keep]
+    v, yy = sign * values[keep], y[keep].astype(bool)
     out = {"n": int(keep.sum()), "positives": int(yy.sum()), "auc": auc(yy, v), "pr_auc": pr_auc(yy, v),
            "pr_chance": float(yy.mean()) if len(yy) else np.nan}
+    if metric == "sample_auc":
+        out["sample_auc"] = metric_values(tt, v, truth, "sample_auc", None)[0] if len(tt) else np.nan
     if n_boot and len(yy) and 0 < yy.sum() < len(yy):
-        out["auc_lo"], out["auc_hi"] = bootstrap_ci(auc, yy, v, g, n_boot, seed)
-        out["pr_lo"], out["pr_hi"] = bootstrap_ci(pr_auc, yy, v, g, n_boot, seed)
+        res = cluster_resamples(tt["sample_id"], tt["project"], n_boot, seed)
+        out["auc_lo"], out["auc_hi"] = interval(metric_values(tt, v, truth, "auc", res)[1])
+        out["pr_lo"], out["pr_hi"] = interval(metric_values(tt, v, truth, "pr_auc", res)[1])
     else:
         out.update(auc_lo=np.nan, auc_hi=np.nan, pr_lo=np.nan, pr_hi=np.nan)
     return out
@@ -144,28 +156,52 @@ def evaluate(t: pd.DataFrame, score: str | np.ndarray, truth: str, *, split: str
 
 @dataclass
 class Choice:
-    """A score chosen on dev: column, sign (+1: high = relevant), and the dev ROC-AUC that chose it."""
+    """A score chosen on dev: column, sign (+1: high = relevant), the dev ROC-AUC (pooled) and the dev mean ROC-AUC
+    within prompts; ``chosen_by`` names the dev metric that chose it."""
     name: str
     column: str
     sign: float
     dev_auc: float
     candidates: int = 1
     note: str = ""
+    dev_sample_auc: float = float("nan")
+    chosen_by: str = "auc"
 
 
 def choose_on_dev(t: pd.DataFrame, columns: list[str], truth: str = "relevant", name: str = "",
-                  signs: tuple[float, ...] = (1.0, -1.0), note: str = "") -> Choice:
-    """The (column, sign) with the best dev ROC-AUC: only dev rows are looked at."""
+                  signs: tuple[float, ...] = (1.0, -1.0), note: str = "", metric: str = "auc") -> Choice:
+    """The (column, sign) with the best dev ``metric`` (``auc``: pooled ROC-AUC; ``sample_auc``: mean ROC-AUC within
+    prompts): only dev rows are looked at. Flipping the sign gives 1 - either metric."""
     best = None
     for c in columns:
-        a = evaluate(t, c, truth, split="dev", n_boot=0)["auc"]
+        a = evaluate(t, c, truth, split="dev", n_boot=0, metric=metric)[metric]
         for sg in signs:
             v = a if sg > 0 else 1 - a
             if not np.isnan(v) and (best is None or v > best[2]):
                 best = (c, sg, v)
     if best is None:
         raise ValueError(f"choose_on_dev({name!r}): no candidate has a dev ROC-AUC (no dev rows with both classes)")
-    return Choice(name or best[0], best[0], best[1], best[2], len(columns) * len(signs), note)
+    dev = evaluate(t, best[0], truth, split="dev", n_boot=0, sign=best[1], metric="sample_auc")
+    return Choice(name or best[0], best[0], best[1], dev["auc"], len(columns) * len(signs), note, dev["sample_auc"],
+                  metric)
+
+
+def add_within_prompt(t: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
+    """``t`` with Δ normalised inside each prompt: ``inprompt_rank:<col>`` (percentile rank among the prompt's chunks)
+    and ``inprompt_z:<col>`` (z-score; 0 where the prompt's chunks are all equal). Default columns: every Δ column."""
+    columns = delta_columns(t) if columns is None else columns
+    g = t.groupby("sample_id")
+    new = {}
+    for c in columns:
+        new[f"inprompt_rank:{c}"] = g[c].rank(pct=True)
+        mean, std = g[c].transform("mean"), g[c].transform("std", ddof=0)
+        new[f"inprompt_z:{c}"] = ((t[c] - mean) / std.where(std > 0)).fillna(0.0).where(t[c].notna())
+    return pd.concat([t, pd.DataFrame(new, index=t.index)], axis=1)
+
+
+def within_prompt_columns(t: pd.DataFrame, run: str | None = None) -> list[str]:
+    return [c for c in t.columns if c.startswith(("inprompt_rank:", "inprompt_z:"))
+            and (run is None or c.split(":")[2] == run)]
 
 
 def standard_choices(t: pd.DataFrame, truth: str = "relevant") -> list[Choice]:
@@ -173,7 +209,10 @@ def standard_choices(t: pd.DataFrame, truth: str = "relevant") -> list[Choice]:
     out = []
     for run in runs_of(t):
         cols = delta_columns(t, run)
-        out.append(choose_on_dev(t, cols, truth, f"Δ best ({run})", note="layer, statistic and sign chosen on dev"))
+        out.append(choose_on_dev(t, cols + within_prompt_columns(t, run), truth, f"Δ best ({run})",
+                                 note="layer, statistic, normalisation and sign chosen on dev (pooled ROC-AUC)"))
+        out.append(choose_on_dev(t, cols, truth, f"Δ best within prompt ({run})", metric="sample_auc",
+                                 note="layer, statistic and sign chosen on dev (mean ROC-AUC within prompts)"))
         l2 = [c for c in cols if c.endswith(":l2")]
         out.append(choose_on_dev(t, l2, truth, f"DeciMamba L2 Δ ({run})", signs=(1.0,),
                                  note="layer chosen on dev; high L2 norm = important"))
@@ -181,46 +220,49 @@ def standard_choices(t: pd.DataFrame, truth: str = "relevant") -> list[Choice]:
                                  note="sign chosen on dev"))
     for b in BASELINES:
         if b in t.columns:
-            out.append(Choice(b.upper() if b != "embedding" else "embedding cosine", b, 1.0,
-                              evaluate(t, b, truth, split="dev", n_boot=0)["auc"]))
+            out.append(choose_on_dev(t, [b], truth, b.upper() if b != "embedding" else "embedding cosine", signs=(1.0,)))
     out.append(choose_on_dev(t, ["length"], truth, "chunk length", note="sign chosen on dev"))
-    out.append(Choice("path distance", "path_distance", -1.0,
-                      evaluate(t, "path_distance", truth, split="dev", n_boot=0, sign=-1.0)["auc"], note="closer = relevant"))
-    out.append(Choice("random", "random", 1.0, evaluate(t, "random", truth, split="dev", n_boot=0)["auc"]))
+    out.append(choose_on_dev(t, ["path_distance"], truth, "path distance", signs=(-1.0,), note="closer = relevant"))
+    out.append(choose_on_dev(t, ["random"], truth, "random", signs=(1.0,)))
     for c in [c for c in t.columns if c.startswith("llm:")]:
         out.append(Choice(f"LLM labels: {c[4:]}", c, 1.0, np.nan, note="labels as a 0/1 score"))
     return out
 
 
-def learned_scores(t: pd.DataFrame, truth: str = "relevant", seed: int = 0, iterations: int = 300,
-                   n_folds: int = 5) -> dict[str, np.ndarray]:
-    """Out-of-fold CatBoost probabilities on Δ features, on baseline features and on both, cross-validated with folds
-    grouped by project (a project's chunks are never in the fold that trains the model scoring them)."""
+def is_delta_score(name: str) -> bool:
+    return name.startswith(("Δ best", "DeciMamba"))
+
+
+def learned_scores(t: pd.DataFrame, truth: str = "relevant", seed: int = 0, iterations: int = 300) -> dict[str, np.ndarray]:
+    """CatBoost probabilities on Δ features, on baseline features and on both, trained on the dev split's projects
+    only and predicting the test split's (dev and test never mix; dev rows get NaN)."""
     from catboost import CatBoostClassifier
-    from sklearn.model_selection import GroupKFold
 
     base = [c for c in (*BASELINES, "length", "path_distance") if c in t.columns] + \
            [c for c in t.columns if c.startswith("selfinfo:")]
     sets = {"CatBoost on Δ": delta_columns(t), "CatBoost on baselines": base, "CatBoost on Δ + baselines": delta_columns(t) + base}
     y = t[truth].to_numpy(float)
-    groups = t["project"].to_numpy()
-    folds = list(GroupKFold(n_splits=min(n_folds, len(np.unique(groups)))).split(t, y, groups))
+    dev = (t["split"] == "dev").to_numpy() & ~np.isnan(y)
+    test = (t["split"] == "test").to_numpy()
+    overlap = set(t.loc[dev, "project"]) & set(t.loc[test, "project"])
+    if overlap:
+        raise ValueError(f"learned_scores: projects {sorted(overlap)[:3]} are in both dev and test; the CatBoost "
+                         "comparison needs disjoint projects")
     out = {}
     for name, cols in sets.items():
-        if not cols:
+        if not cols or len(np.unique(y[dev])) < 2:
             continue
         X = t[cols].to_numpy(float)
+        clf = CatBoostClassifier(iterations=iterations, depth=4, learning_rate=0.08, random_seed=seed,
+                                 thread_count=2, verbose=False, allow_writing_files=False)
+        clf.fit(X[dev], y[dev].astype(int))
         pred = np.full(len(t), np.nan)
-        for tr, te in folds:
-            ok = ~np.isnan(y[tr])
-            if len(np.unique(y[tr][ok])) < 2:
-                continue
-            clf = CatBoostClassifier(iterations=iterations, depth=4, learning_rate=0.08, random_seed=seed,
-                                     thread_count=2, verbose=False, allow_writing_files=False)
-            clf.fit(X[tr][ok], y[tr][ok].astype(int))
-            pred[te] = clf.predict_proba(X[te])[:, 1]
+        pred[test] = clf.predict_proba(X[test])[:, 1]
         out[name] = pred
     return out
+
+
+LEARNED_NOTE = "trained on the dev projects, scored on the test projects"
 
 
 def score_table(t: pd.DataFrame, choices: list[Choice], truths: list[str], learned: dict[str, np.ndarray] | None = None,
@@ -239,7 +281,7 @@ def score_table(t: pd.DataFrame, choices: list[Choice], truths: list[str], learn
                 continue
             r = evaluate(t, pred, truth, split=split, n_boot=n_boot, seed=seed)
             rows.append({"score": name, "truth": truth, "column": "", "sign": 1.0, "dev_auc": np.nan,
-                         "note": "out-of-fold, folds grouped by project", **r})
+                         "note": LEARNED_NOTE, **r})
     return pd.DataFrame(rows)
 
 
@@ -268,6 +310,98 @@ def per_category(t: pd.DataFrame, choices: list[Choice], split: str = "test", n_
     return pd.DataFrame(rows)
 
 
+# ---- within-prompt ranking, paired comparisons, lexical strata --------------------------------------------------------
+def ranking_scores(choices: list[Choice], learned: dict[str, np.ndarray] | None = None) -> dict[str, tuple]:
+    """name -> (column or per-row array, sign): every chosen score and every learned one (LLM labels left out)."""
+    out = {c.name: (c.column, c.sign) for c in choices if not c.column.startswith("llm:")}
+    out.update({name: (pred, 1.0) for name, pred in (learned or {}).items()})
+    return out
+
+
+def best_pair(choices: list[Choice]) -> tuple[Choice, Choice]:
+    """(the Δ score, the non-Δ baseline) with the best dev mean ROC-AUC within prompts: both chosen on dev."""
+    delta = [c for c in choices if is_delta_score(c.name) and not np.isnan(c.dev_sample_auc)]
+    base = [c for c in choices if not is_delta_score(c.name) and c.name != "random" and not c.column.startswith("llm:")
+            and not np.isnan(c.dev_sample_auc)]
+    if not delta or not base:
+        raise ValueError("best_pair: needs at least one Δ score and one baseline with a dev ROC-AUC")
+    return max(delta, key=lambda c: c.dev_sample_auc), max(base, key=lambda c: c.dev_sample_auc)
+
+
+def comparisons(t: pd.DataFrame, choices: list[Choice], learned: dict[str, np.ndarray] | None = None,
+                truth: str = "relevant", k: int = 2, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Paired differences on test (same chunks, same projects-then-samples resamples), every pair fixed on dev:
+    the best Δ score vs the best baseline (each by dev mean ROC-AUC within prompts) on every metric; the best Δ vs
+    random; each run's within-prompt Δ vs that baseline; CatBoost with vs without the Δ features."""
+    from .ranking import METRICS, paired_difference
+
+    d, b = best_pair(choices)
+    by_name = {c.name: c for c in choices}
+    pairs = [(d.name, b.name, m) for m in METRICS]
+    if "random" in by_name:
+        pairs.append((d.name, "random", "sample_auc"))
+    for run in runs_of(t):
+        name = f"Δ best within prompt ({run})"
+        if name in by_name and name != d.name:
+            pairs.append((name, b.name, "sample_auc"))
+    scores = ranking_scores(choices, learned)
+    if learned and {"CatBoost on Δ + baselines", "CatBoost on baselines"} <= set(learned):
+        pairs += [("CatBoost on Δ + baselines", "CatBoost on baselines", m) for m in ("auc", "sample_auc")]
+    rows = []
+    for a_name, b_name, metric in pairs:
+        r = paired_difference(t, scores[a_name], scores[b_name], truth, "test", metric, k, n_boot, seed)
+        rows.append({"a": a_name, "b": b_name, **{k_: v for k_, v in r.items() if k_ not in ("a", "b")},
+                     "a_value": r["a"], "b_value": r["b"]})
+    out = pd.DataFrame(rows)
+    out.attrs.update(k=k, n_boot=n_boot, delta=d.name, baseline=b.name)
+    return out
+
+
+_METRIC_NAMES = {"auc": "pooled ROC-AUC", "sample_auc": "mean ROC-AUC within prompts", "recall@k": "recall@{k}",
+                 "ndcg@k": "nDCG@{k}", "pr_auc": "PR-AUC"}
+
+
+def metric_name(metric: str, k: int) -> str:
+    return _METRIC_NAMES.get(metric, metric).format(k=k)
+
+
+def _ci(r, key: str) -> str:
+    v, lo, hi = r[key], r.get(f"{key}_lo", np.nan), r.get(f"{key}_hi", np.nan)
+    if pd.isna(v):
+        return "–"
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else f"{v:.3f}"
+
+
+def ranking_markdown(rank: pd.DataFrame, paired: pd.DataFrame, strata: pd.DataFrame) -> str:
+    """The within-prompt table, the paired comparisons and the lexical strata, as markdown."""
+    k = rank.attrs.get("k", 2)
+    out = [f"**Within the prompt** (test: {rank.attrs.get('samples')} prompts from {rank.attrs.get('projects')} "
+           f"projects; intervals: {rank.attrs.get('n_boot')} resamples of projects, then prompts):", "",
+           f"| score | pooled ROC-AUC | mean ROC-AUC within prompts | recall@{k} | nDCG@{k} |", "|---|---|---|---|---|"]
+    for _, r in rank.sort_values("sample_auc", ascending=False).iterrows():
+        out.append(f"| {r['score']} | {_ci(r, 'auc')} | {_ci(r, 'sample_auc')} | {_ci(r, 'recall@k')} | "
+                   f"{_ci(r, 'ndcg@k')} |")
+    out += ["", f"**Paired differences** (a − b on the same chunks and resamples; pairs fixed on dev: the Δ score and "
+            f"the baseline with the best dev mean ROC-AUC within prompts, {paired.attrs.get('delta')} and "
+            f"{paired.attrs.get('baseline')}):", "",
+            "| a | b | metric | a | b | a − b [95 % CI] | verdict |", "|---|---|---|---:|---:|---|---|"]
+    for _, r in paired.iterrows():
+        out.append(f"| {r['a']} | {r['b']} | {metric_name(r['metric'], k)} | {r['a_value']:.3f} | {r['b_value']:.3f} | "
+                   f"{r['diff']:+.3f} [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}] | {r['verdict']} |")
+    if len(strata):
+        yes, no = strata[strata["name_in_query"]].iloc[0], strata[~strata["name_in_query"]].iloc[0]
+        out += ["", f"**The lexical shortcut**: {yes['share_of_relevant']:.0%} of the relevant test chunks define a name "
+                f"the query (the file prefix) already contains; {yes['share_of_irrelevant_with_name_in_query']:.0%} of "
+                "the irrelevant ones do. Pooled ROC-AUC of the relevant chunks of each stratum against every "
+                "irrelevant chunk:", "",
+                f"| score | name in query ({yes['relevant']} relevant) | name not in query ({no['relevant']} relevant) |",
+                "|---|---|---|"]
+        pv = strata.set_index(["score", "name_in_query"])
+        for name in dict.fromkeys(strata["score"]):
+            out.append(f"| {name} | {_ci(pv.loc[(name, True)], 'auc')} | {_ci(pv.loc[(name, False)], 'auc')} |")
+    return "\n".join(out) + "\n"
+
+
 # ---- saved results and conclusions ---------------------------------------------------------------------------------
 def _fmt(r, key: str = "auc") -> str:
     lo, hi = (r["auc_lo"], r["auc_hi"]) if key == "auc" else (r["pr_lo"], r["pr_hi"])
@@ -291,7 +425,7 @@ def results_markdown(scores: pd.DataFrame, filtering: pd.DataFrame | None, meta:
         cells.append(r["note"] or "")
         lines.append("| " + " | ".join(cells) + " |")
     out = [f"Test split: {meta.get('test_samples')} samples, {meta.get('test_chunks')} chunks "
-           f"({meta.get('test_relevant')} relevant). Intervals: bootstrap over samples ({meta.get('n_boot')} resamples).",
+           f"({meta.get('test_relevant')} relevant). Intervals: bootstrap over projects, then samples ({meta.get('n_boot')} resamples).",
            "", *lines]
     if filtering is not None and len(filtering):
         pv = filtering.pivot_table(index="score", columns="budget", values="loss", sort=False)
@@ -305,23 +439,44 @@ def results_markdown(scores: pd.DataFrame, filtering: pd.DataFrame | None, meta:
     return "\n".join(out) + "\n"
 
 
-def conclusions(scores: pd.DataFrame, per_cat: pd.DataFrame, filtering: pd.DataFrame | None) -> str:
-    """The thesis' question answered from the numbers, including where Δ loses."""
+def conclusions(scores: pd.DataFrame, per_cat: pd.DataFrame, filtering: pd.DataFrame | None,
+                paired: pd.DataFrame | None = None, strata: pd.DataFrame | None = None) -> str:
+    """The thesis' question answered from the numbers, including where Δ loses. Verdicts come from the paired
+    differences (``paired``, :func:`comparisons`), whose pairs were fixed on dev."""
     main = scores[scores["truth"] == "relevant"].set_index("score")
-    delta = main[main.index.str.startswith(("Δ best", "DeciMamba"))]
-    others = main[~main.index.str.startswith(("Δ best", "DeciMamba", "CatBoost", "LLM labels", "random"))]
+    delta = main[main.index.map(is_delta_score).to_numpy(bool)]
     lines = []
-    if len(delta) and len(others):
-        bd, bo = delta["auc"].idxmax(), others["auc"].idxmax()
-        d, o = delta.loc[bd], others.loc[bo]
-        verdict = ("beats" if d["auc_lo"] > o["auc_hi"] else "loses to" if d["auc_hi"] < o["auc_lo"]
-                   else "is not distinguishable from")
-        lines.append(f"**Does Δ tell which context matters?** The best Δ score, {bd}, reaches ROC-AUC {_fmt(d)} on "
-                     f"test; the best non-Δ score, {bo}, {_fmt(o)}. Δ {verdict} it (95 % intervals).")
-        rnd = main.loc["random"] if "random" in main.index else None
-        if rnd is not None:
-            lines.append(f"Random ranking: {_fmt(rnd)}; every Δ score above it: "
-                         f"{'yes' if (delta['auc_lo'] > rnd['auc_hi']).all() else 'no'}.")
+    if paired is not None and len(paired):
+        k = paired.attrs.get("k", 2)
+        words = {"a better": "beats", "b better": "loses to", "not distinguishable": "is not distinguishable from"}
+        head = paired[(paired["a"] == paired.attrs["delta"]) & (paired["b"] == paired.attrs["baseline"])]
+        for _, r in head.iterrows():
+            lines.append(f"- {metric_name(r['metric'], k)}: {r['a']} {r['a_value']:.3f} vs {r['b']} {r['b_value']:.3f}, "
+                         f"difference {r['diff']:+.3f} [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}]: Δ "
+                         f"{words[r['verdict']]} the baseline.")
+        primary = head[head["metric"] == "sample_auc"]
+        if len(primary):
+            r = primary.iloc[0]
+            lines.insert(0, f"**Does Δ tell which context matters?** Chosen on dev, the best Δ score is {r['a']} and "
+                            f"the best baseline {r['b']}; on test, within prompts, Δ {words[r['verdict']]} it (paired "
+                            f"difference of the mean ROC-AUC {r['diff']:+.3f} [{r['diff_lo']:+.3f}, "
+                            f"{r['diff_hi']:+.3f}], projects-then-prompts bootstrap). By metric:")
+        rnd = paired[(paired["a"] == paired.attrs["delta"]) & (paired["b"] == "random")]
+        if len(rnd):
+            r = rnd.iloc[0]
+            lines.append(f"- Against random ranking: {r['diff']:+.3f} [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}] "
+                         f"({'above chance' if r['verdict'] == 'a better' else 'not above chance' if r['verdict'] != 'b better' else 'below chance'}).")
+        cb = paired[paired["a"] == "CatBoost on Δ + baselines"]
+        for _, r in cb.iterrows():
+            lines.append(f"- Adding the Δ features to CatBoost ({metric_name(r['metric'], k)}): {r['diff']:+.3f} "
+                         f"[{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}] — "
+                         f"{'they help' if r['verdict'] == 'a better' else 'they hurt' if r['verdict'] == 'b better' else 'no measurable help'}.")
+    if strata is not None and len(strata) and paired is not None and len(paired):
+        pv = strata.set_index(["score", "name_in_query"])
+        for name in (paired.attrs["delta"], paired.attrs["baseline"]):
+            if (name, True) in pv.index:
+                lines.append(f"- {name} by stratum: name in query {_ci(pv.loc[(name, True)], 'auc')}, not in query "
+                             f"{_ci(pv.loc[(name, False)], 'auc')} (pooled ROC-AUC).")
     cat = per_cat.pivot_table(index="score", columns="negatives", values="auc")
     if len(delta) and {"injected", "distractor"} <= set(cat.columns):
         for s in delta.index:
@@ -330,7 +485,7 @@ def conclusions(scores: pd.DataFrame, per_cat: pd.DataFrame, filtering: pd.DataF
                              f"{cat.at[s, 'distractor']:.3f}, vs related {cat.at[s, 'related']:.3f}.")
     cb = main[main.index.str.startswith("CatBoost")]
     if len(cb):
-        lines.append("- Learned (out-of-fold by project): " + "; ".join(f"{k} {_fmt(r)}" for k, r in cb.iterrows()) + ".")
+        lines.append("- Learned (trained on dev projects, scored on test): " + "; ".join(f"{k} {_fmt(r)}" for k, r in cb.iterrows()) + ".")
     helps = scores[scores["truth"].str.startswith("helps:")]
     for truth, g in helps.groupby("truth"):
         g = g.set_index("score")

@@ -167,8 +167,9 @@ def _flat(x: torch.Tensor | np.ndarray, mask: torch.Tensor) -> np.ndarray:
     return x[mask].numpy() if x.dim() == mask.dim() else x[mask].reshape(int(mask.sum()), -1).numpy()
 
 
-def auc_table(test: DeltaSet, exp: Experiment) -> pd.DataFrame:
-    """ROC-AUC of every Δ score, per layer and population, with bootstrap intervals over sequences."""
+def auc_table(test: DeltaSet, exp: Experiment, bootstrap: bool = True) -> pd.DataFrame:
+    """ROC-AUC of every Δ score, per layer and population, with bootstrap intervals over sequences (``bootstrap``;
+    off for the dev sequences, which only choose)."""
     scores = test.scores()
     seq_id = torch.arange(test.batch.inputs.shape[0])[:, None].expand_as(test.batch.inputs)
     rows = []
@@ -180,7 +181,8 @@ def auc_table(test: DeltaSet, exp: Experiment) -> pd.DataFrame:
             for layer in range(scores[name].shape[0]):
                 s = _flat(scores[name][layer], mask)
                 value = auc(y, s)
-                lo, hi = bootstrap_auc(y, s, groups, n=exp.analysis.bootstrap) if exp.analysis.bootstrap and not np.isnan(value) else (np.nan, np.nan)
+                lo, hi = (bootstrap_auc(y, s, groups, n=exp.analysis.bootstrap)
+                          if bootstrap and exp.analysis.bootstrap and not np.isnan(value) else (np.nan, np.nan))
                 rows.append({"population": pop, "layer": layer, "score": name, "auc": value, "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)
 
@@ -238,17 +240,31 @@ def _mixed_frame(token_ids: np.ndarray, delta: np.ndarray) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def collect_metrics(exp: Experiment, result: TrainResult, acc: pd.DataFrame, aucs: pd.DataFrame, probes: pd.DataFrame) -> dict[str, Any]:
-    """One flat, JSON-ready record of the experiment: parameters, training outcome, accuracies, AUCs, probes."""
-    from importlib.metadata import version
-
+def choose_best_on_dev(dev_aucs: pd.DataFrame, aucs: pd.DataFrame) -> dict[str, dict]:
+    """Per population, the single Δ score (layer, statistic, direction) farthest from 0.5 on the *dev* sequences (the
+    probes' training sequences), reported with its AUC on the test sequences: the test AUC never takes part in the
+    choice. ``direction`` -1: important tokens get smaller Δ on dev (the reported AUC is the raw one, below 0.5 when
+    the direction holds on test)."""
     best = {}
     for pop in POPULATIONS:
-        sub = aucs[(aucs.population == pop) & aucs.auc.notna()]
-        if len(sub):
-            top = sub.loc[(sub.auc - 0.5).abs().idxmax()]  # most informative, in either direction
-            best[pop] = {"layer": int(top.layer), "score": top.score, "auc": float(top.auc),
-                         "ci_low": float(top.ci_low), "ci_high": float(top.ci_high)}
+        dev = dev_aucs[(dev_aucs.population == pop) & dev_aucs.auc.notna()]
+        if not len(dev):
+            continue
+        top = dev.loc[(dev.auc - 0.5).abs().idxmax()]
+        t = aucs[(aucs.population == pop) & (aucs.layer == top.layer) & (aucs.score == top.score)].iloc[0]
+        best[pop] = {"layer": int(top.layer), "score": top.score, "auc": float(t.auc), "ci_low": float(t.ci_low),
+                     "ci_high": float(t.ci_high), "dev_auc": float(top.auc), "direction": 1 if top.auc >= 0.5 else -1,
+                     "chosen_on": "dev sequences", "candidates": int(len(dev))}
+    return best
+
+
+def collect_metrics(exp: Experiment, result: TrainResult, acc: pd.DataFrame, aucs: pd.DataFrame, probes: pd.DataFrame,
+                    dev_aucs: pd.DataFrame) -> dict[str, Any]:
+    """One flat, JSON-ready record of the experiment: parameters, training outcome, accuracies, AUCs (test; the best
+    single score chosen on the dev sequences, :func:`choose_best_on_dev`), probes."""
+    from importlib.metadata import version
+
+    best = choose_best_on_dev(dev_aucs, aucs)
     return {
         "experiment": exp.name,
         "params": exp.params(),
@@ -263,6 +279,7 @@ def collect_metrics(exp: Experiment, result: TrainResult, acc: pd.DataFrame, auc
         },
         "accuracy": acc.to_dict(orient="records"),
         "delta_auc": aucs.to_dict(orient="records"),
+        "delta_auc_dev": dev_aucs[["population", "layer", "score", "auc"]].to_dict(orient="records"),
         "best_delta_auc": best,
         "probes": probes.to_dict(orient="records"),
         "versions": {
@@ -319,7 +336,10 @@ def conclusions(metrics: dict[str, Any]) -> str:
         both = float(sub.loc["CatBoost on Δ + control", "auc"])
         ci = "" if best.get("ci_low") is None or np.isnan(best["ci_low"]) else f" (95 % CI {best['ci_low']:.3f}–{best['ci_high']:.3f})"
         direction = " — inverted: important tokens get *smaller* Δ" if best["auc"] < 0.5 else ""
-        strength = max(best["auc"], 1 - best["auc"], delta_probe)
+        dev = (f" (chosen on the dev sequences, where it reached {best['dev_auc']:.3f}"
+               f"{'; its direction flips on test' if (best['dev_auc'] - 0.5) * (best['auc'] - 0.5) < 0 else ''})"
+               if "dev_auc" in best else "")
+        strength = max(best["auc"] if best.get("direction", 1) > 0 else 1 - best["auc"], delta_probe)
         verdict = (
             "Δ beats the controls" if strength > ctrl_best + 0.01
             else "Δ does **not** beat the controls" if strength < ctrl_best - 0.01
@@ -327,7 +347,7 @@ def conclusions(metrics: dict[str, Any]) -> str:
         )
         lines.append(
             f"- Population `{pop}`: the most informative single Δ score is layer {best['layer']} `{best['score']}`, "
-            f"ROC-AUC {best['auc']:.3f}{ci}{direction}. CatBoost on all Δ channels: {delta_probe:.3f}; best control "
+            f"ROC-AUC {best['auc']:.3f}{ci}{direction}{dev}. CatBoost on all Δ channels: {delta_probe:.3f}; best control "
             f"(token identity / conv window): {ctrl_best:.3f}; Δ + control: {both:.3f}. {verdict}."
         )
     return "\n".join(lines)
