@@ -16,7 +16,7 @@ SYN_NAMES  := $(basename $(notdir $(SYN_PARAMS)))
 SYN_NBS    := $(SYN_NAMES:%=$(EXECUTED)/01_synthetic/%.ipynb)
 SYN_SUMMARY := reports/synthetic/summary.csv
 
-.PHONY: help env lab synthetic all test smoke bench bench-gpu bench-gpu-tiny clean clean-models lock
+.PHONY: help env lab synthetic all test smoke bench bench-gpu bench-gpu-codestral bench-gpu-tiny clean clean-models lock
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_/%.-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -65,8 +65,12 @@ bench: bench-extract bench-dataset bench-gpu-tiny | $(ENV_STAMP) ## every CPU be
 bench-gpu: $(DATASET) | $(ENV_STAMP) ## falcon-mamba-7b-shaped random model on a CUDA GPU: paths, tokens/s, memory, hours
 	$(PY) bench/bench_gpu_scale.py --out reports/bench/gpu_scale.json
 
-bench-gpu-tiny: $(DATASET) | $(ENV_STAMP) ## the GPU scale benchmark's code on a tiny model on the CPU (seconds)
+bench-gpu-codestral: $(DATASET) | $(ENV_STAMP) ## the same with Codestral Mamba's shape (Mamba-2, Δ per head) on a CUDA GPU
+	$(PY) bench/bench_gpu_scale.py --shape mamba-codestral-7b --out reports/bench/gpu_scale_codestral.json
+
+bench-gpu-tiny: $(DATASET) | $(ENV_STAMP) ## the GPU scale benchmark's code on tiny models on the CPU (seconds)
 	$(PY) bench/bench_gpu_scale.py --tiny --out reports/bench/gpu_scale_tiny.json
+	$(PY) bench/bench_gpu_scale.py --tiny --shape mamba-codestral-7b --out reports/bench/gpu_scale_tiny_codestral.json
 
 clean: ## remove executed notebooks, figures and reports (keeps trained models and data)
 	rm -rf reports/executed reports/figures reports/synthetic reports/smoke reports/bench

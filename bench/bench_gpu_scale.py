@@ -1,7 +1,9 @@
-"""GPU scale benchmark: the project's own extraction on a model of falcon-mamba-7b's exact shape (random weights, no
-download), per scan path and batching, with and without the Δ hooks, in one run; prints (and writes) one JSON.
+"""GPU scale benchmark: the project's own extraction on a model of falcon-mamba-7b's exact shape (or, with
+``--shape mamba-codestral-7b``, Codestral Mamba's: Mamba-2, Δ per head) with random weights, no download, per scan
+path and batching, with and without the Δ hooks, in one run; prints (and writes) one JSON.
 
     python bench/bench_gpu_scale.py --out reports/bench/gpu_scale.json            # a CUDA GPU, bf16 (make bench-gpu)
+    python bench/bench_gpu_scale.py --shape mamba-codestral-7b --out reports/bench/gpu_scale_codestral.json
     python bench/bench_gpu_scale.py --tiny --out reports/bench/gpu_scale_tiny.json  # same code on the CPU, seconds
 
 Measured, each as a ratio inside the same run (interleaved, so machine noise hits both sides alike):
@@ -44,15 +46,30 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, state_si
             mixer_rms_eps=1e-6, residual_in_fp32=True, tie_word_embeddings=False)
 
 
+# Codestral Mamba (mistralai/Mamba-Codestral-7B-v0.1, Mamba2ForCausalLM, 7.29 B parameters): Δ per head
+MAMBA_CODESTRAL_7B = dict(hidden_size=4096, num_hidden_layers=64, state_size=128, num_heads=128, head_dim=64,
+                          n_groups=8, expand=2, vocab_size=32768, conv_kernel=4, chunk_size=256, use_conv_bias=True,
+                          use_bias=False, layer_norm_epsilon=1e-5, residual_in_fp32=True, tie_word_embeddings=False,
+                          time_step_limit=(0.0, float("inf")))
+TINY_MAMBA2 = dict(hidden_size=64, num_hidden_layers=2, state_size=16, num_heads=8, head_dim=16, n_groups=2, expand=2,
+                   vocab_size=1024, conv_kernel=4, chunk_size=64, use_conv_bias=True, use_bias=False,
+                   layer_norm_epsilon=1e-5, residual_in_fp32=True, tie_word_embeddings=False)
+SHAPES = {"falcon-mamba-7b": (FALCON_MAMBA_7B, TINY, "sequential,mambapy,cuda_kernels"),
+          "mamba-codestral-7b": (MAMBA_CODESTRAL_7B, TINY_MAMBA2, "chunked,cuda_kernels")}
+
+
 def build_model(shape: dict, dtype: torch.dtype, device: str, seed: int = 0):
-    from transformers import FalconMambaConfig, FalconMambaForCausalLM
+    from transformers import FalconMambaConfig, FalconMambaForCausalLM, Mamba2Config, Mamba2ForCausalLM
 
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # initialise directly in the target dtype (no float32 copy of 7 B parameters)
     try:
         with torch.device(device):
-            lm = FalconMambaForCausalLM(FalconMambaConfig(**shape))
+            if "num_heads" in shape:
+                lm = Mamba2ForCausalLM(Mamba2Config(**shape))
+            else:
+                lm = FalconMambaForCausalLM(FalconMambaConfig(**shape))
     finally:
         torch.set_default_dtype(default)
     return lm.eval()
@@ -129,7 +146,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--samples", type=int, default=4, help="test-split samples for the throughput runs")
     ap.add_argument("--loo-samples", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--scans", default="sequential,mambapy,cuda_kernels",
+    ap.add_argument("--shape", default="falcon-mamba-7b", choices=sorted(SHAPES),
+                    help="the model's shape (random weights): falcon-mamba-7b (Mamba-1) or mamba-codestral-7b (Mamba-2)")
+    ap.add_argument("--scans", default=None,
                     help="scan paths to measure (those that cannot run here are listed as skipped)")
     ap.add_argument("--unbatched-samples", type=int, default=1,
                     help="samples for the one-prompt-per-forward runs (slow on the sequential path)")
@@ -140,10 +159,13 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     device = args.device or ("cpu" if args.tiny else "cuda")
     dtype = getattr(torch, args.dtype or "bfloat16")
-    shape = TINY if args.tiny else FALCON_MAMBA_7B
+    full_shape, tiny_shape, default_scans = SHAPES[args.shape]
+    shape = tiny_shape if args.tiny else full_shape
+    args.scans = args.scans or default_scans
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result: dict = {"argv": sys.argv[1:] if argv is None else argv, "tiny": args.tiny, "shape": shape,
+    result: dict = {"argv": sys.argv[1:] if argv is None else argv, "tiny": args.tiny, "shape_name": args.shape,
+                    "shape": shape,
                     "dtype": str(dtype).replace("torch.", ""), "device": device,
                     "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else
                     f"CPU {platform.machine()}, {torch.get_num_threads()} threads",

@@ -77,3 +77,20 @@ def test_kaggle_bundle_runs_in_an_empty_folder(tiny, tmp_path):
     assert stats["samples"] == 3
     assert "deltalens-inlined-" in stats["deltalens_file"]  # the inlined copy, not the installed checkout
     assert not stats["deltalens_file"].startswith(str(project_root()))
+
+
+def test_codestral_kaggle_bundle_names_its_model_and_kernel(tiny, tmp_path):
+    """The second Kaggle parameter file (issue 14): its own kernel id, Codestral Mamba as the model, the chunked
+    Mamba-2 path left to scan: auto."""
+    from deltalens.kaggle import build as build_kaggle
+    import nbformat
+
+    root, _ = tiny
+    paths = build_kaggle(tmp_path / "build", params=project_root() / "params/kaggle/mamba-codestral-7b.yaml",
+                         username="tester", dataset_dir=root / "ctx")
+    meta = json.loads((paths["kernel"] / "kernel-metadata.json").read_text())
+    assert meta["id"] == "tester/deltalens-codestral-mamba-delta"
+    assert meta["title"].replace(" ", "-") == meta["id"].split("/")[1]
+    nb = nbformat.read(paths["notebook"], 4)
+    defaults = nb.cells[[i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])][0]].source
+    assert "model = 'mistralai/Mamba-Codestral-7B-v0.1'" in defaults and "scan = 'auto'" in defaults

@@ -222,3 +222,19 @@ def test_gpu_scale_benchmark_tiny_runs_on_the_cpu(ds, ds_dir, tmp_path):
         assert isinstance(steps["float16 check"][scan], dict) and np.isfinite(steps["float16 check"][scan]["target_loss"])
     assert steps["extract() on the auto path"]["runtime"]["scan"] == saved["auto_scan"]["scan"] == "mambapy"
     assert steps["whole dataset estimate"]["samples"] == len(ds)
+
+
+def test_gpu_scale_benchmark_tiny_mamba2_shape(ds_dir, tmp_path):
+    """--shape mamba-codestral-7b: the same benchmark on a Mamba-2 model (Δ per head, the chunked scan)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_gpu_scale", project_root() / "bench/bench_gpu_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "gpu_m2.json"
+    bench.main(["--tiny", "--shape", "mamba-codestral-7b", "--dataset", str(ds_dir), "--samples", "2", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["model"]["delta_granularity"] == "head" and saved["auto_scan"]["scan"] == "chunked"
+    b = saved["steps"]["chunked: batched"]
+    assert b["tokens_per_second_capture"] > 0 and b["capture_time_ratio"] > 0
+    assert np.isfinite(saved["steps"]["float16 check"]["chunked"]["target_loss"])

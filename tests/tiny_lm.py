@@ -1,4 +1,4 @@
-"""A tiny random-weight transformers Mamba / FalconMamba causal LM with a byte-level BPE tokenizer trained here,
+"""A tiny random-weight transformers Mamba / FalconMamba / Mamba-2 / Bamba (hybrid) causal LM with a byte-level BPE tokenizer trained here,
 saved like a pretrained model (the code paths of extraction and loading, not the quality)."""
 
 from __future__ import annotations
@@ -27,7 +27,20 @@ def save_tiny_lm(directory: str | Path, texts: list[str], arch: str = "falcon_ma
     d = Path(directory)
     tok = train_tiny_tokenizer(texts)
     torch.manual_seed(seed)
-    if arch == "falcon_mamba":
+    if arch == "mamba2":
+        from transformers import Mamba2Config, Mamba2ForCausalLM
+
+        lm = Mamba2ForCausalLM(Mamba2Config(vocab_size=len(tok), hidden_size=hidden_size, num_hidden_layers=layers,
+                                            state_size=8, num_heads=4, head_dim=hidden_size // 2, n_groups=1,
+                                            expand=2, chunk_size=16, time_step_limit=(0.0, 1.0)))
+    elif arch == "bamba":  # a hybrid: SSM, attention, SSM
+        from transformers import BambaConfig, BambaForCausalLM
+
+        lm = BambaForCausalLM(BambaConfig(vocab_size=len(tok), hidden_size=hidden_size, num_hidden_layers=3,
+                                          attn_layer_indices=[1], intermediate_size=2 * hidden_size,
+                                          num_attention_heads=4, num_key_value_heads=2, mamba_n_heads=4,
+                                          mamba_d_state=8, mamba_chunk_size=16, pad_token_id=0))
+    elif arch == "falcon_mamba":
         lm = FalconMambaForCausalLM(FalconMambaConfig(vocab_size=len(tok), hidden_size=hidden_size,
                                                       num_hidden_layers=layers, state_size=4, mixer_rms_eps=rms_eps))
     else:

@@ -66,7 +66,7 @@ class ExtractConfig:
     query_chars: int = 800                  # query_first: characters of the prefix tail put first
     max_tokens: int = 8192
     truncation: str = "drop_chunks"         # drop_chunks (leading chunks first) | left (keep the last tokens) | error
-    layers: list[int] | None = None         # None = every layer
+    layers: list[int] | None = None         # None = every SSM layer; else indices 0..n-1 over the SSM layers
     split: str | None = None                # None = both splits
     max_samples: int | None = None          # a fixed pseudo-random subset (by hash of the sample id; None = all)
     shard: str = "0/1"                      # i/n: this run takes samples k with k % n == i
@@ -78,7 +78,7 @@ class ExtractConfig:
     device: str = "cpu"                     # cpu | cuda | cuda:1 | auto (cuda when available)
     device_map: str | None = None           # "auto" spreads one model over several GPUs (accelerate)
     allow_download: bool = False            # hub ids: try the hub after the local cache (Kaggle: true)
-    scan: str = "auto"                      # auto | cuda_kernels | mambapy | sequential (lm_runtime: same Δ, speed)
+    scan: str = "auto"                      # auto | cuda_kernels | mambapy | sequential | chunked (Mamba-2; lm_runtime)
     batch_tokens: int | str = "auto"        # padded tokens per forward (auto: from the free memory)
 
     def check(self) -> "ExtractConfig":
@@ -322,10 +322,12 @@ def extract(cfg: ExtractConfig, ds=None, lm=None, tokenizer=None, progress: bool
     choice = set_scan(lm, cfg.scan)
     budget = auto_batch_tokens(lm, choice) if cfg.batch_tokens == "auto" else cfg.batch_tokens
     facts = model_facts(lm)
-    layer_ids = list(range(facts["n_layers"])) if cfg.layers is None else list(cfg.layers)
-    bad = [x for x in layer_ids if not 0 <= x < facts["n_layers"]]
+    mixers = list(range(facts["n_layers"])) if cfg.layers is None else list(cfg.layers)
+    bad = [x for x in mixers if not 0 <= x < facts["n_layers"]]
     if bad:
-        raise ParameterError(f"parameter layers={cfg.layers}: {bad} out of range; the model has {facts['n_layers']} layers")
+        raise ParameterError(f"parameter layers={cfg.layers}: {bad} out of range; the model has {facts['n_layers']} "
+                             "SSM layers (indices 0..n-1 over its SSM layers; a hybrid's attention layers do not count)")
+    layer_ids = [facts["layer_ids"][i] for i in mixers]  # the model's own layer numbers (hybrids: with attention)
     out = resolve(cfg.out_dir)
     key = {**cfg.run_key(), "dataset": dataset_fingerprint(ds), "model_facts": facts}
     _check_run_json(out, key, n)

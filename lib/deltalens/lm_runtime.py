@@ -14,9 +14,15 @@ calls as a module in eval mode), so the path changes speed, never which Δ is ca
 * ``sequential`` — transformers' Python loop over tokens: slow (one small kernel launch per token and layer), but
   launch-bound on a GPU, so a batch of sequences costs little more than one.
 
-``auto`` takes the kernels where they are importable, else the parallel scan on CUDA, else (CPU) the parallel scan
-for small mixers (d_inner <= 128) and the sequential loop for larger ones (measured: mambapy 40x faster at d_inner
-64, 0.75x at d_inner 512 with ~4000-token prompts on 2 cores).
+* ``chunked`` — Mamba-2 and its hybrids (Mamba2, Zamba2, Falcon-H1, Nemotron-H, Granite 4.0-H, Bamba): transformers'
+  PyTorch chunked scan (``torch_forward``), the only path besides the kernels; Δ is per head (hook on ``in_proj``).
+
+Which paths a model has depends on its mixer family (:data:`FAMILY_SCANS`): Mamba / FalconMamba: kernels, mambapy,
+sequential; Jamba and Zamba: kernels, sequential; the Mamba-2 families: kernels, chunked. A path the family does not
+have is refused with the list of those it has. ``auto`` takes the kernels where they are importable, else the
+family's own path: for Mamba / FalconMamba the parallel scan on CUDA, else (CPU) the parallel scan for small mixers
+(d_inner <= 128) and the sequential loop for larger ones (measured: mambapy 40x faster at d_inner 64, 0.75x at
+d_inner 512 with ~4000-token prompts on 2 cores).
 
 Batching: sequences are right-padded (the pad positions come after every real token, and every path is causal, so
 real positions see exactly what they see alone; pad positions are cut off before any statistic). A batch holds at
@@ -44,7 +50,11 @@ from .prompts import Encoded
 from .scores import token_stats
 
 DTYPES = ("float32", "bfloat16", "float16", "half", "auto")
-SCANS = ("auto", "cuda_kernels", "mambapy", "sequential")
+SCANS = ("auto", "cuda_kernels", "mambapy", "sequential", "chunked")
+MAMBA2_FAMILIES = ("mamba2", "zamba2", "falcon_h1", "nemotron_h", "granitemoehybrid", "bamba")
+FAMILY_SCANS = {"mambapy": ("mambapy",), "mamba": ("cuda_kernels", "mambapy", "sequential"),
+                "falcon_mamba": ("cuda_kernels", "mambapy", "sequential"), "jamba": ("cuda_kernels", "sequential"),
+                "zamba": ("cuda_kernels", "sequential"), **{f: ("cuda_kernels", "chunked") for f in MAMBA2_FAMILIES}}
 HALF = (torch.bfloat16, torch.float16)
 CPU_BATCH_BYTES = 3 * 2**30          # transient scan memory allowed per forward on the CPU
 GPU_FREE_SHARE = 0.6                 # share of the free GPU memory a forward's transient tensors may take
@@ -143,8 +153,10 @@ def model_facts(lm) -> dict:
     adapter = adapter_for(m0)
     d_state = getattr(m0, "ssm_state_size", None) or getattr(m0, "d_state", None) or int(m0.A_log.shape[-1])
     d_inner = getattr(m0, "intermediate_size", None) or delta_width(m0)  # Mamba-2: heads x head_dim
+    with capture_delta(lm) as rec:  # no forward: only the mixers' own layer numbers (hybrids skip attention layers)
+        layer_ids = [int(i) if i is not None else k for k, i in enumerate(rec.layer_ids)]
     return {"architecture": type(lm).__name__, "n_layers": len(mixers), "d_inner": int(d_inner),
-            "delta_width": delta_width(m0), "delta_granularity": adapter.granularity if adapter else "channel", "mixer_family": adapter.family if adapter else None,
+            "layer_ids": layer_ids, "delta_width": delta_width(m0), "delta_granularity": adapter.granularity if adapter else "channel", "mixer_family": adapter.family if adapter else None,
             "d_state": int(d_state), "dtype": str(next(lm.parameters()).dtype).replace("torch.", ""),
             "n_parameters": int(sum(p.numel() for p in lm.parameters())), "trained_length": trained_length(lm)}
 
@@ -186,16 +198,25 @@ def set_scan(lm, scan: str | bool = "auto") -> ScanChoice:
     if scan == "cuda_kernels" and not kernels:
         raise ParameterError("parameter scan='cuda_kernels': needs a CUDA device and the packages mamba_ssm and "
                              "causal_conv1d (pip install mamba-ssm causal-conv1d); use scan: auto")
-    if kernels and scan in ("mambapy", "sequential"):  # transformers binds its scan to the kernels at import
+    if kernels and scan in ("mambapy", "sequential", "chunked"):  # transformers binds its scan to the kernels at import
         raise ParameterError(f"parameter scan={scan!r}: mamba_ssm / causal_conv1d are importable here, and transformers "
                              "then always runs their kernels; use scan: auto (or cuda_kernels), or uninstall them to "
                              f"run the {scan} path")
+    mixer0 = find_mixers(lm)[0][1]
+    adapter = adapter_for(mixer0)
+    family = adapter.family if adapter else "mamba"
+    offered = FAMILY_SCANS.get(family, ("cuda_kernels", "sequential"))
+    if scan != "auto" and scan not in offered:
+        raise ParameterError(f"parameter scan={scan!r}: a {family} model ({type(lm).__name__}) has no such path in "
+                             f"transformers; allowed: auto, {', '.join(offered)}")
     if scan == "mambapy" and not has_mambapy:
         raise ParameterError("parameter scan='mambapy': the package mambapy is not installed (pip install mambapy)")
     if scan == "auto":
-        if kernels:
+        if kernels and "cuda_kernels" in offered:
             scan = "cuda_kernels"
-        elif has_mambapy and (device == "cuda" or delta_width(find_mixers(lm)[0][1]) <= 128):
+        elif "chunked" in offered:
+            scan = "chunked"
+        elif "mambapy" in offered and has_mambapy and (device == "cuda" or delta_width(mixer0) <= 128):
             scan = "mambapy"
         else:
             scan = "sequential"
@@ -224,7 +245,8 @@ def auto_batch_tokens(lm, choice: ScanChoice | None = None, free_bytes: int | No
     a few d_inner-sized ones. The budget: a share of the free GPU memory, or a fixed amount on the CPU."""
     choice = choice or scan_of(lm)
     f = model_facts(lm)
-    per_token = 4 * f["d_inner"] * ({"sequential": 3, "mambapy": 8, "cuda_kernels": 1}[choice.scan] * f["d_state"] + 8)
+    per_token = 4 * f["d_inner"] * ({"sequential": 3, "mambapy": 8, "cuda_kernels": 1, "chunked": 2}[choice.scan]
+                                     * f["d_state"] + 8)
     if free_bytes is None:
         if choice.device == "cuda":
             free_bytes = int(torch.cuda.mem_get_info(next(lm.parameters()).device)[0] * GPU_FREE_SHARE)
