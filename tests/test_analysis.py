@@ -79,7 +79,8 @@ def pipeline(tmp_path_factory):
     runs = {}
     for order in ("context_first", "query_first"):
         cfg = ex.ExtractConfig(model=str(root / "lm"), out_dir=str(root / order), order=order, max_tokens=100_000,
-                               leave_one_out=order == "context_first", loo_samples=6)
+                               leave_one_out=order == "context_first", loo_samples=6,
+                               hidden_attention=4 if order == "context_first" else 0)
         ex.extract(cfg, ds=ds, lm=lm, tokenizer=tok, progress=False)
         ex.merge(cfg.out_dir)
         runs[f"tiny/{order}"] = str(root / order)
@@ -147,6 +148,12 @@ def test_analysis_notebook_tiny(pipeline):
     assert all(r["diff_lo"] <= r["diff"] + 1e-9 <= r["diff_hi"] + 2e-9 or r["verdict"] != "not distinguishable"
                for r in paired)
     assert "**Paired differences**" in results and "**The lexical shortcut**" in results
+    # the hidden-attention baseline of the same forward: a dev-chosen score, compared with Δ by a paired difference
+    ha = rec[("hidden attention from the prefix end (tiny/context_first)", "relevant")]
+    assert ha["column"].startswith("hattn:tiny/context_first:L") and ha["column"].endswith(":prefix_end")
+    assert ha["auc"] == pytest.approx(roc_auc_score(test["relevant"], test[ha["column"]]))
+    assert any(r["b"] == "hidden attention from the prefix end (tiny/context_first)" for r in paired)
+    assert ("hidden attention from the target line (tiny/query_first)", "relevant") not in rec  # not computed there
     strata = m["lexical_strata"]
     assert {r["name_in_query"] for r in strata} == {True, False}
     for f in ("scores_relevant.png", "delta_auc_by_layer.png", "per_category.png", "filtering.png"):

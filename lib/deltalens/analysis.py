@@ -6,6 +6,9 @@ The chunk table (:func:`chunk_table`) has one row per (sample, chunk) and these 
 * ``split, project, category, relevant`` — from the dataset (ground truth 1: ``relevant``);
 * ``delta:<run>:L<layer>:<stat>`` — Δ statistics of each extraction run (model x prompt order), stat in mean /
   mean_log / l2 / max;
+* ``hattn:<run>:L<layer>:prefix_end|target`` — the hidden attention (Ali et al.) a run computed in the same forward:
+  the attention mass the last prefix positions (a score a filter could use) or the target-line positions (an upper
+  bound, like leave-one-out: it needs the target) give the chunk's tokens;
 * ``selfinfo:<run>`` — the chunk's self-information under the same LM (mean token NLL in context; Selective-Context);
   ``loss_gain:<run>`` — how much the target-line loss rises without the chunk (ground truth 2: ``helps:<run>`` is
   ``loss_gain > helps_threshold``, on the samples with leave-one-out);
@@ -34,6 +37,7 @@ from .paths import resolve
 from .ranking import cluster_resamples, interval, metric_values, name_in_query
 
 STATS = ("mean", "mean_log", "l2", "max")
+HIDDEN_ATTENTION = ("ha_prefix_end", "ha_target")  # chunk_delta.parquet columns -> hattn:<run>:L<layer>:prefix_end|target
 BASELINES = ("bm25", "tfidf", "embedding")
 
 
@@ -75,9 +79,14 @@ def chunk_table(ds, runs: dict[str, str | Path] | None = None, labels_dir: str |
             if not (d / f).is_file():
                 raise FileNotFoundError(f"extraction run {name!r}: {d / f} is missing (run the extraction and its merge)")
         cd = pd.read_parquet(d / "chunk_delta.parquet")
-        wide = cd.pivot_table(index=["sample_id", "chunk_index"], columns="layer", values=list(STATS), dropna=False)
-        wide.columns = [f"delta:{name}:L{layer}:{stat}" for stat, layer in wide.columns]
-        wide = wide[sorted(wide.columns, key=lambda c: (int(c.split(":")[2][1:]), STATS.index(c.split(":")[3])))]
+        ha = [c for c in HIDDEN_ATTENTION if c in cd.columns]
+        wide = cd.pivot_table(index=["sample_id", "chunk_index"], columns="layer", values=list(STATS) + ha,
+                              dropna=False)
+        wide.columns = [f"delta:{name}:L{layer}:{stat}" if stat in STATS else f"hattn:{name}:L{layer}:{stat[3:]}"
+                        for stat, layer in wide.columns]
+        order = list(STATS) + [h[3:] for h in ha]
+        wide = wide[sorted(wide.columns, key=lambda c: (c.split(":")[0] == "hattn", int(c.split(":")[2][1:]),
+                                                        order.index(c.split(":")[3])))]
         lm = pd.read_parquet(d / "chunk_lm.parquet").set_index(["sample_id", "chunk_index"])
         extra = pd.DataFrame({f"selfinfo:{name}": lm["self_information"], f"loss_gain:{name}": lm["loss_gain"],
                               f"n_tokens:{name}": lm["n_tokens"].astype(float)})
@@ -218,6 +227,13 @@ def standard_choices(t: pd.DataFrame, truth: str = "relevant") -> list[Choice]:
                                  note="layer chosen on dev; high L2 norm = important"))
         out.append(choose_on_dev(t, [f"selfinfo:{run}"], truth, f"self-information ({run})",
                                  note="sign chosen on dev"))
+        for where, label, note in (("prefix_end", "hidden attention from the prefix end",
+                                    "layer chosen on dev; more attention mass = relevant"),
+                                   ("target", "hidden attention from the target line",
+                                    "upper bound (uses the target); layer chosen on dev")):
+            cols = [c for c in t.columns if c.startswith(f"hattn:{run}:") and c.endswith(f":{where}")]
+            if cols:
+                out.append(choose_on_dev(t, cols, truth, f"{label} ({run})", signs=(1.0,), note=note))
     for b in BASELINES:
         if b in t.columns:
             out.append(choose_on_dev(t, [b], truth, b.upper() if b != "embedding" else "embedding cosine", signs=(1.0,)))
@@ -231,6 +247,11 @@ def standard_choices(t: pd.DataFrame, truth: str = "relevant") -> list[Choice]:
 
 def is_delta_score(name: str) -> bool:
     return name.startswith(("Δ best", "DeciMamba"))
+
+
+def uses_target(name: str) -> bool:
+    """Scores that read the target line (upper bounds, not filters): never the baseline Δ is compared against."""
+    return name.startswith("hidden attention from the target line")
 
 
 def learned_scores(t: pd.DataFrame, truth: str = "relevant", seed: int = 0, iterations: int = 300) -> dict[str, np.ndarray]:
@@ -322,7 +343,7 @@ def best_pair(choices: list[Choice]) -> tuple[Choice, Choice]:
     """(the Δ score, the non-Δ baseline) with the best dev mean ROC-AUC within prompts: both chosen on dev."""
     delta = [c for c in choices if is_delta_score(c.name) and not np.isnan(c.dev_sample_auc)]
     base = [c for c in choices if not is_delta_score(c.name) and c.name != "random" and not c.column.startswith("llm:")
-            and not np.isnan(c.dev_sample_auc)]
+            and not uses_target(c.name) and not np.isnan(c.dev_sample_auc)]
     if not delta or not base:
         raise ValueError("best_pair: needs at least one Δ score and one baseline with a dev ROC-AUC")
     return max(delta, key=lambda c: c.dev_sample_auc), max(base, key=lambda c: c.dev_sample_auc)
@@ -344,6 +365,11 @@ def comparisons(t: pd.DataFrame, choices: list[Choice], learned: dict[str, np.nd
         name = f"Δ best within prompt ({run})"
         if name in by_name and name != d.name:
             pairs.append((name, b.name, "sample_auc"))
+    for label in ("hidden attention from the prefix end", "hidden attention from the target line"):
+        for run in runs_of(t):
+            h = f"{label} ({run})"
+            if h in by_name and h != b.name:
+                pairs.append((d.name, h, "sample_auc"))
     scores = ranking_scores(choices, learned)
     if learned and {"CatBoost on Δ + baselines", "CatBoost on baselines"} <= set(learned):
         pairs += [("CatBoost on Δ + baselines", "CatBoost on baselines", m) for m in ("auc", "sample_auc")]
@@ -466,6 +492,10 @@ def conclusions(scores: pd.DataFrame, per_cat: pd.DataFrame, filtering: pd.DataF
             r = rnd.iloc[0]
             lines.append(f"- Against random ranking: {r['diff']:+.3f} [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}] "
                          f"({'above chance' if r['verdict'] == 'a better' else 'not above chance' if r['verdict'] != 'b better' else 'below chance'}).")
+        for _, r in paired[paired["b"].str.startswith("hidden attention")].iterrows():
+            lines.append(f"- Against the {r['b']} ({metric_name(r['metric'], k)}): {r['a']} {r['a_value']:.3f} vs "
+                         f"{r['b_value']:.3f}, difference {r['diff']:+.3f} [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}]: "
+                         f"Δ {words[r['verdict']]} it.")
         cb = paired[paired["a"] == "CatBoost on Δ + baselines"]
         for _, r in cb.iterrows():
             lines.append(f"- Adding the Δ features to CatBoost ({metric_name(r['metric'], k)}): {r['diff']:+.3f} "

@@ -64,12 +64,28 @@ Usage::
 
     describe_layers(model)                   # hybrids: which layers are SSM, attention, both, or MLP/MoE only
 
+    with capture_delta(model, reduce=f, ssm_inputs=True) as rec:   # Mamba-1 families: f gets SSMInputs(Δ, A, B, C,
+        model(tokens)                                              # u, D), the scan's own inputs (hidden attention)
+
+SSM inputs (``ssm_inputs=True``; Mamba-1 families mambapy, mamba, falcon_mamba, jamba only)::
+
+    dt, B, C = split(x_dbl, [dt_rank, N, N])    # x_dbl = x_proj(u): the hook sees u (its input) and x_dbl (its output)
+    B, C     = B_norm(B), C_norm(C)             # FalconMamba: weightless RMS norms b_layernorm / c_layernorm (4.x:
+                                                 # rms_forward with rms_eps); Jamba: weighted b_/c_layernorm; mambapy
+                                                 # with inner_layernorms: B_layernorm / C_layernorm; plain Mamba: none
+    A        = -exp(A_log)                      # (d_inner, N);  D: (d_inner,)
+    h_t      = exp(Δ_t A) * h_{t-1} + (Δ_t u_t) B_t ;   y_t = C_t · h_t + D u_t   (then y * silu(z), not captured)
+
+Mamba-2 style and Zamba mixers are refused with ``ssm_inputs=True`` (a ValueError naming the family): their scans
+run per head / per group (Zamba: per-head x_proj parameters), which :class:`SSMInputs` does not describe.
+
 Mamba-1 transformers models must be in ``eval()`` mode when the CUDA kernels are installed: their training path
 fuses x_proj into one kernel (refused with a RuntimeError during the forward).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -171,6 +187,59 @@ def _falcon_h1_delta(mixer: nn.Module, proj: torch.Tensor, call: MixerCall | Non
     return _mamba2_delta(mixer, proj, call, dt_scale=mixer.mup_vector)
 
 
+# ---- SSM inputs (Mamba-1 families) ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SSMInputs:
+    """The inputs of one Mamba-1 selective scan, float32, as the model's scan uses them::
+
+        h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t ;   y_t = C_t · h_t + D ⊙ u_t      (before the gate y * silu(z))
+
+    ``recurrent_step``: the call was one recurrent step (a transformers decode step with a cached state, or any
+    mambapy ``step``): the state carried in from earlier calls is not part of these inputs, so they describe this
+    call's positions only.
+    """
+
+    delta: torch.Tensor  # (B, L, d_inner)   Δ = softplus(dt_proj(dt_norm(dt)))
+    A: torch.Tensor      # (d_inner, d_state) -exp(A_log)
+    B: torch.Tensor      # (B, L, d_state)   B_norm(x_dbl[..., dt_rank : dt_rank + N])
+    C: torch.Tensor      # (B, L, d_state)   C_norm(x_dbl[..., dt_rank + N :])
+    u: torch.Tensor      # (B, L, d_inner)   x_proj's input: the conv+SiLU branch (zeroed at pads where the model masks)
+    D: torch.Tensor      # (d_inner,)        skip weight
+    granularity: str = "channel"
+    recurrent_step: bool = False
+
+
+def _bc_norm(mixer: nn.Module, which: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The norm the model applies to B (``which='b'``) or C before its scan."""
+    for name in (f"{which}_layernorm", f"{which.upper()}_layernorm"):  # transformers b_layernorm; mambapy B_layernorm
+        norm = getattr(mixer, name, None)
+        if isinstance(norm, nn.Module):
+            return norm
+    eps = getattr(mixer, "rms_eps", None)
+    if eps is not None and not isinstance(getattr(mixer, "dt_layernorm", None), nn.Module):
+        # transformers 4.x FalconMamba: rms_forward(B / C, variance_epsilon=rms_eps), float32 inside
+        return lambda x: (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return lambda x: x
+
+
+def _mamba1_ssm_inputs(mixer: nn.Module, u: torch.Tensor, x_dbl: torch.Tensor, call: MixerCall | None,
+                       step: bool) -> SSMInputs:
+    """x_proj's input u (B, L, d_inner) and output x_dbl (B, L, dt_rank + 2N) -> the scan's inputs, float32."""
+    dt_rank, n = mixer.dt_proj.in_features, mixer.A_log.shape[-1]
+    if x_dbl.shape[-1] != dt_rank + 2 * n:
+        raise ValueError(f"x_proj gives {x_dbl.shape[-1]} features, expected dt_rank + 2 d_state = {dt_rank + 2 * n}")
+    return SSMInputs(
+        delta=delta_from_x_proj(mixer, x_dbl),
+        A=-torch.exp(mixer.A_log.float()),
+        B=_bc_norm(mixer, "b")(x_dbl[..., dt_rank: dt_rank + n]).float(),
+        C=_bc_norm(mixer, "c")(x_dbl[..., dt_rank + n:]).float(),
+        u=u.float(),
+        D=mixer.D.float(),
+        granularity="channel",
+        recurrent_step=step or _recurrent_step(mixer, call),
+    )
+
+
 # ---- adapters -------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MixerAdapter:
@@ -179,7 +248,8 @@ class MixerAdapter:
     ``classes``: qualified class names (``module.QualName``) recognised anywhere in a module's MRO;
     ``hook``: the submodule whose forward output Δ is recomputed from; ``delta(mixer, output, call)``: Δ float32
     (B, L, width) from that output (and the mixer's :class:`MixerCall`); ``width(mixer)``: Δ's last dimension;
-    ``requires``: attributes the recompute reads (checked when the mixer is found); ``source``: what it mirrors.
+    ``requires``: attributes the recompute reads (checked when the mixer is found); ``source``: what it mirrors;
+    ``ssm_inputs(mixer, hooked_input, output, call, step)``: the scan's :class:`SSMInputs` (None: not supported).
     """
 
     family: str
@@ -190,6 +260,7 @@ class MixerAdapter:
     width: Callable[[nn.Module], int]
     requires: tuple[str, ...] = ()
     source: str = ""
+    ssm_inputs: Callable[..., SSMInputs] | None = None
 
 
 _T = "transformers.models"
@@ -199,16 +270,20 @@ _MAMBA2_REQUIRES = ("in_proj", "dt_bias", "A_log", "time_step_limit", "layer_idx
 ADAPTERS: tuple[MixerAdapter, ...] = (
     MixerAdapter("mambapy", ("mambapy.mamba.MambaBlock",), "channel", "x_proj", _mamba1_delta,
                  lambda m: m.dt_proj.out_features, _MAMBA1_REQUIRES,
-                 "mambapy/mamba.py MambaBlock.ssm / ssm_step: deltaBC = x_proj(x); delta = softplus(dt_proj(dt))"),
+                 "mambapy/mamba.py MambaBlock.ssm / ssm_step: deltaBC = x_proj(x); delta = softplus(dt_proj(dt))",
+                 ssm_inputs=_mamba1_ssm_inputs),
     MixerAdapter("mamba", (f"{_T}.mamba.modeling_mamba.MambaMixer",), "channel", "x_proj", _mamba1_delta,
                  lambda m: m.dt_proj.out_features, _MAMBA1_REQUIRES,
-                 "modeling_mamba.py L433-441 (x_proj, dt_proj.weight @), mamba_selective_scan L204-207"),
+                 "modeling_mamba.py L433-441 (x_proj, dt_proj.weight @), mamba_selective_scan L204-207",
+                 ssm_inputs=_mamba1_ssm_inputs),
     MixerAdapter("falcon_mamba", (f"{_T}.falcon_mamba.modeling_falcon_mamba.FalconMambaMixer",), "channel", "x_proj",
                  _mamba1_delta, lambda m: m.dt_proj.out_features, _MAMBA1_REQUIRES,
-                 "modeling_falcon_mamba.py L461-478 (x_proj, weightless dt_layernorm, dt_proj.weight @)"),
+                 "modeling_falcon_mamba.py L461-478 (x_proj, weightless dt_layernorm, dt_proj.weight @)",
+                 ssm_inputs=_mamba1_ssm_inputs),
     MixerAdapter("jamba", (f"{_T}.jamba.modeling_jamba.JambaMambaMixer",), "channel", "x_proj", _mamba1_delta,
                  lambda m: m.dt_proj.out_features, _MAMBA1_REQUIRES,
-                 "modeling_jamba.py L563-581 (x_proj, dt_layernorm with weight, dt_proj.weight @), L366-368"),
+                 "modeling_jamba.py L563-581 (x_proj, dt_layernorm with weight, dt_proj.weight @), L366-368",
+                 ssm_inputs=_mamba1_ssm_inputs),
     MixerAdapter("zamba", (f"{_T}.zamba.modeling_zamba.ZambaMambaMixer",), "channel", "in_proj", _zamba_delta,
                  lambda m: m.dt_proj_bias.numel(),
                  ("in_proj", "conv1d", "act", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "n_mamba_heads",
@@ -390,6 +465,7 @@ def capture_delta(
     reduce: Callable[[torch.Tensor], Any] | None = None,
     layers: list[int] | None = None,
     to_cpu: bool = True,
+    ssm_inputs: bool = False,
 ) -> Iterator[DeltaRecord]:
     """Hook every SSM mixer of ``model`` (or the ``layers`` indices into :func:`find_mixers`) and record Δ of each
     forward call.
@@ -397,6 +473,9 @@ def capture_delta(
     ``reduce`` maps Δ float32 -- (B, L, d_inner) for channel granularity, (B, L, n_heads) for head granularity -- to
     whatever is kept (default: Δ itself); a step-mode call gives L = 1. Results are detached and, with ``to_cpu``,
     moved to the CPU.
+
+    ``ssm_inputs=True`` (Mamba-1 families only, else a ValueError naming the family): ``reduce`` receives the scan's
+    :class:`SSMInputs` (Δ, A, B, C, u, D, float32) instead of Δ alone, and without ``reduce`` those are kept.
     """
     mixers = find_mixers(model)
     if layers is not None:
@@ -405,6 +484,16 @@ def capture_delta(
             raise ValueError(f"layers={layers}: {bad} out of range; the model has {len(mixers)} mixers (0..{len(mixers) - 1})")
         mixers = [mixers[i] for i in layers]
     adapters = [adapter_for(m) for _, m in mixers]
+    if ssm_inputs:
+        refused = sorted({a.family for a in adapters if a.ssm_inputs is None})
+        if refused:
+            names = [n for (n, _), a in zip(mixers, adapters) if a.ssm_inputs is None]
+            raise ValueError(
+                f"capture_delta(ssm_inputs=True): family {', '.join(refused)} ({names[0]}"
+                f"{f' and {len(names) - 1} more' if len(names) > 1 else ''}) is not supported: its scan runs per head "
+                "or per group (Mamba-2 style, Zamba), which SSMInputs does not describe; supported: "
+                + ", ".join(a.family for a in ADAPTERS if a.ssm_inputs is not None)
+            )
     record = DeltaRecord(
         names=[name for name, _ in mixers],
         granularity=[a.granularity for a in adapters],
@@ -432,13 +521,18 @@ def capture_delta(
         return post_hook
 
     def make_hook(i: int, mixer: nn.Module, adapter: MixerAdapter):
-        def hook(_module, _inputs, output):
+        def hook(_module, inputs, output):
             fired[i] = True
             # float32 whatever the model runs in: autocast (half-precision parallel scan) would recompute in bf16
             with torch.no_grad(), torch.autocast(output.device.type, enabled=False):
-                out = output if output.dim() == 3 else output.unsqueeze(1)  # mambapy step: (B, ·) -> (B, 1, ·)
-                delta = adapter.delta(mixer, out, calls[i])
-                kept = reduce(delta) if reduce is not None else delta
+                step = output.dim() != 3
+                out = output.unsqueeze(1) if step else output  # mambapy step: (B, ·) -> (B, 1, ·)
+                if ssm_inputs:
+                    x = inputs[0].unsqueeze(1) if step else inputs[0]
+                    value = adapter.ssm_inputs(mixer, x, out, calls[i], step)
+                else:
+                    value = adapter.delta(mixer, out, calls[i])
+                kept = reduce(value) if reduce is not None else value
                 if to_cpu:
                     kept = _to_cpu(kept)
             record.per_layer[i].append(kept)
@@ -458,6 +552,9 @@ def capture_delta(
 
 
 def _to_cpu(x: Any) -> Any:
+    if isinstance(x, SSMInputs):
+        return dataclasses.replace(x, **{f.name: _to_cpu(getattr(x, f.name)) for f in dataclasses.fields(x)
+                                         if isinstance(getattr(x, f.name), torch.Tensor)})
     if isinstance(x, torch.Tensor):
         return x.detach().cpu()
     if isinstance(x, dict):

@@ -41,8 +41,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .lm_runtime import (DTYPES, SCANS, ModelLoadError, auto_batch_tokens, estimate_hours, forward_all,  # noqa: F401
-                         forward_sample, load_lm, model_facts, peak_memory_mb, set_scan, target_metrics)
+from .lm_runtime import (DTYPES, HIDDEN_ATTENTION_STATS, SCANS, ModelLoadError, auto_batch_tokens,  # noqa: F401
+                         estimate_hours, forward_all, forward_sample, load_lm, model_facts, peak_memory_mb, set_scan,
+                         target_metrics)
 from .params import ParameterError, check_bool, check_choice, check_int
 from .paths import resolve
 from .prompts import ORDERS, TRUNCATION, Encoded, encode, encode_variants  # noqa: F401
@@ -80,6 +81,8 @@ class ExtractConfig:
     allow_download: bool = False            # hub ids: try the hub after the local cache (Kaggle: true)
     scan: str = "auto"                      # auto | cuda_kernels | mambapy | sequential | chunked (Mamba-2; lm_runtime)
     batch_tokens: int | str = "auto"        # padded tokens per forward (auto: from the free memory)
+    hidden_attention: int = 0               # > 0: per chunk, the hidden-attention mass (Ali et al.) from the last k
+                                            # prefix positions and from the target line (Mamba-1 families only)
 
     def check(self) -> "ExtractConfig":
         check_choice("order", self.order, ORDERS)
@@ -88,6 +91,7 @@ class ExtractConfig:
         check_choice("scan", self.scan, SCANS)
         check_int("max_tokens", self.max_tokens, minimum=16)
         check_int("query_chars", self.query_chars, minimum=0)
+        check_int("hidden_attention", self.hidden_attention, minimum=0)
         if self.batch_tokens != "auto":
             check_int("batch_tokens", self.batch_tokens, minimum=1)
         for name in ("leave_one_out", "save_token_stats", "allow_download"):
@@ -134,7 +138,8 @@ def process_shard(shard: str, environ=os.environ) -> tuple[int, int]:
 
 
 def chunk_rows(sample_id: str, enc: Encoded, stats: list[dict], layer_ids: list[int]) -> pd.DataFrame:
-    """chunk x layer rows: the mean of each per-token statistic over the chunk's tokens (NaN for left-out chunks)."""
+    """chunk x layer rows: the mean of each per-token Δ statistic over the chunk's tokens, and the sum of the
+    hidden-attention masses where they were computed (NaN for left-out chunks)."""
     rows = []
     for li, st in zip(layer_ids, stats):
         for ci, r in enumerate(enc.chunk_tokens):
@@ -142,6 +147,9 @@ def chunk_rows(sample_id: str, enc: Encoded, stats: list[dict], layer_ids: list[
             row = {"sample_id": sample_id, "chunk_index": ci, "layer": li, "n_tokens": n}
             for s in STATS:
                 row[s] = float(st[s][r[0]:r[1]].mean()) if n else np.nan
+            for s in HIDDEN_ATTENTION_STATS:  # the mass the query positions give the chunk: a sum over its tokens
+                if s in st:
+                    row[s] = float(st[s][r[0]:r[1]].sum()) if n else np.nan
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -253,7 +261,8 @@ def _run_group(lm, group: list[dict], cfg: ExtractConfig, budget: int) -> None:
     chunk; without each chunk) batched without; results are put into each sample's dict."""
     sids = [g["sid"] for g in group]
     try:
-        full = forward_all(lm, [g["enc"] for g in group], batch_tokens=budget, layers=cfg.layers, token_nll=True)
+        full = forward_all(lm, [g["enc"] for g in group], batch_tokens=budget, layers=cfg.layers, token_nll=True,
+                           hidden_attention=cfg.hidden_attention)
         variants = iter(forward_all(lm, [e for g in group for _, e in g["variants"]], batch_tokens=budget,
                                     capture=False))
     except torch.OutOfMemoryError as e:
@@ -328,6 +337,10 @@ def extract(cfg: ExtractConfig, ds=None, lm=None, tokenizer=None, progress: bool
         raise ParameterError(f"parameter layers={cfg.layers}: {bad} out of range; the model has {facts['n_layers']} "
                              "SSM layers (indices 0..n-1 over its SSM layers; a hybrid's attention layers do not count)")
     layer_ids = [facts["layer_ids"][i] for i in mixers]  # the model's own layer numbers (hybrids: with attention)
+    if cfg.hidden_attention and facts.get("mixer_family") not in ("mambapy", "mamba", "falcon_mamba", "jamba"):
+        raise ParameterError(f"parameter hidden_attention={cfg.hidden_attention}: the hidden attention is computed for "
+                             f"Mamba-1 mixers (mamba, falcon_mamba, jamba); this model's are {facts.get('mixer_family')}"
+                             "; set hidden_attention: 0")
     out = resolve(cfg.out_dir)
     key = {**cfg.run_key(), "dataset": dataset_fingerprint(ds), "model_facts": facts}
     _check_run_json(out, key, n)

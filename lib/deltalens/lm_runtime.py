@@ -293,10 +293,45 @@ def _head_nll(head, hidden: torch.Tensor, ids: torch.Tensor, start: int, end: in
     return torch.cat(nll).numpy(), torch.cat(hit).numpy()
 
 
+HIDDEN_ATTENTION_STATS = ("ha_prefix_end", "ha_target")
+
+
+def hidden_attention_queries(encs: list[Encoded], prefix_tokens: int) -> dict[str, list[list[int]]]:
+    """Per row, the query positions of the hidden attention (:mod:`deltalens.hidden_attention`): ``prefix_end`` — the
+    last ``prefix_tokens`` positions before the target line (where a completion starts; a score a real filter could
+    use) — and ``target`` — the positions whose outputs predict the target-line tokens (an upper bound, like
+    leave-one-out: it needs the target)."""
+    out: dict[str, list[list[int]]] = {"prefix_end": [], "target": []}
+    for e in encs:
+        t0, t1 = e.target_tokens
+        out["prefix_end"].append(list(range(max(0, t0 - prefix_tokens), t0)))
+        out["target"].append(list(range(t0 - 1, t1 - 1)))
+    return out
+
+
+def _stats_reducer(encs: list[Encoded], hidden_attention: int):
+    """``token_stats`` of Δ, plus with ``hidden_attention`` > 0 the per-token hidden-attention masses (kind 'alpha')
+    from both query sets, as ``ha_prefix_end`` / ``ha_target``."""
+    if not hidden_attention:
+        return token_stats
+    from .hidden_attention import hidden_attention_masses
+
+    queries = hidden_attention_queries(encs, hidden_attention)
+
+    def reduce(inp):
+        masses = hidden_attention_masses(inp, queries, kinds=("alpha",))
+        return {**token_stats(inp.delta), "ha_prefix_end": masses["prefix_end:alpha"],
+                "ha_target": masses["target:alpha"]}
+
+    return reduce
+
+
 @torch.no_grad()
 def forward_batch(lm, encs: list[Encoded], *, capture: bool = True, layers=None,
-                  token_nll: bool | list[bool] = False) -> list[ForwardResult]:
-    """One forward over ``encs`` as a right-padded batch (all rows must fit together: see :func:`plan_batches`)."""
+                  token_nll: bool | list[bool] = False, hidden_attention: int = 0) -> list[ForwardResult]:
+    """One forward over ``encs`` as a right-padded batch (all rows must fit together: see :func:`plan_batches`).
+    ``hidden_attention`` > 0 (Mamba-1 families): each layer's statistics also hold the hidden-attention mass per token
+    from the last ``hidden_attention`` prefix positions and from the target-line positions."""
     choice = scan_of(lm)
     want_nll = [token_nll] * len(encs) if isinstance(token_nll, bool) else list(token_nll)
     device = lm.get_input_embeddings().weight.device
@@ -314,7 +349,8 @@ def forward_batch(lm, encs: list[Encoded], *, capture: bool = True, layers=None,
     backbone, head = lm.base_model, lm.get_output_embeddings()
     with choice.context():
         if capture:  # statistics stay on the device until the forward is done: no synchronisation per layer
-            with capture_delta(lm, reduce=token_stats, layers=layers, to_cpu=False) as rec:
+            with capture_delta(lm, reduce=_stats_reducer(encs, hidden_attention), layers=layers, to_cpu=False,
+                               ssm_inputs=bool(hidden_attention)) as rec:
                 hidden = backbone(**kw).last_hidden_state
             per_layer = [{k: v.float().cpu().numpy() for k, v in d.items()} for d in rec.last()]
         else:
@@ -336,14 +372,14 @@ def forward_batch(lm, encs: list[Encoded], *, capture: bool = True, layers=None,
 
 
 def forward_all(lm, encs: list[Encoded], *, batch_tokens: int | str = "auto", capture: bool = True, layers=None,
-                token_nll: bool | list[bool] = False) -> list[ForwardResult]:
+                token_nll: bool | list[bool] = False, hidden_attention: int = 0) -> list[ForwardResult]:
     """:func:`forward_batch` over any number of sequences, grouped by :func:`plan_batches`; results in input order."""
     budget = auto_batch_tokens(lm) if batch_tokens == "auto" else batch_tokens
     want = [token_nll] * len(encs) if isinstance(token_nll, bool) else list(token_nll)
     results: list[ForwardResult | None] = [None] * len(encs)
     for batch in plan_batches([int(e.input_ids.shape[1]) for e in encs], budget):
         for i, res in zip(batch, forward_batch(lm, [encs[i] for i in batch], capture=capture, layers=layers,
-                                               token_nll=[want[i] for i in batch])):
+                                               token_nll=[want[i] for i in batch], hidden_attention=hidden_attention)):
             results[i] = res
     return results  # type: ignore[return-value]
 
