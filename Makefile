@@ -8,6 +8,17 @@ PY     := $(VENV)/bin/python
 ENV_STAMP := $(VENV)/.deltalens-env
 KERNEL := deltalens
 LIB_SRC := $(shell find lib/deltalens -name '*.py' 2>/dev/null) pyproject.toml
+# Per part, the package files its notebook / module can import (lib/deltalens/deps.py, static, any python3): a part
+# reruns when one of them changes, not when any file of the package does (fallback: the whole package).
+deps = $(or $(shell $(PYTHON) lib/deltalens/deps.py $(1) 2>/dev/null),$(LIB_SRC)) pyproject.toml
+SYN_SRC      := $(call deps,notebooks/01_synthetic.ipynb)
+DATASET_SRC  := $(call deps,deltalens.context)
+LABELING_SRC := $(call deps,notebooks/02_label_context.ipynb)
+CODELM_SRC   := $(call deps,deltalens.codelm)
+EXTRACT_SRC  := $(call deps,notebooks/03_extract_delta.ipynb)
+ANALYSIS_SRC := $(call deps,notebooks/04_analysis.ipynb lib/deltalens/report.py)
+REPORT_SRC   := $(call deps,notebooks/00_context_dataset.ipynb)
+SUMMARY_SRC  := $(call deps,deltalens.summary)
 PAPERMILL := $(PY) -m papermill --kernel $(KERNEL) --cwd . --progress-bar --log-output --request-save-on-cell-execute
 
 EXECUTED := reports/executed
@@ -38,11 +49,11 @@ lab: $(ENV_STAMP) ## open JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 # ---- part 1: synthetic tasks ------------------------------------------------------------------
-$(EXECUTED)/01_synthetic/%.ipynb: notebooks/01_synthetic.ipynb params/synthetic/%.yaml $(LIB_SRC) | $(ENV_STAMP)
+$(EXECUTED)/01_synthetic/%.ipynb: notebooks/01_synthetic.ipynb params/synthetic/%.yaml $(SYN_SRC) | $(ENV_STAMP)
 	@mkdir -p $(@D)
 	$(PAPERMILL) -f params/synthetic/$*.yaml -p experiment $* $< $@.tmp && mv $@.tmp $@
 
-$(SYN_SUMMARY): $(SYN_NBS)
+$(SYN_SUMMARY): $(SYN_NBS) $(SUMMARY_SRC)
 	$(PY) -m deltalens.summary --metrics 'reports/figures/synthetic/*/metrics.json' --out $@
 
 synthetic: $(SYN_SUMMARY) ## train + analyse every synthetic experiment in params/synthetic/, write the summary table

@@ -1,12 +1,12 @@
 # ---- the main analysis (issue 6) ------------------------------------------------------------------------------------
-# Included by the main Makefile; uses PY, VENV, ENV_STAMP, PAPERMILL, EXECUTED, LIB_SRC, EXTRACT_NBS.
+# Included by the main Makefile; uses PY, VENV, ENV_STAMP, PAPERMILL, EXECUTED, ANALYSIS_SRC, EXTRACT_NBS.
 ANALYSIS_PARAMS := params/analysis/default.yaml
 ANALYSIS_NB     := $(EXECUTED)/04_analysis.ipynb
 RESULTS         := reports/analysis/results.md
 
 .PHONY: analysis readme-results
 
-$(ANALYSIS_NB): notebooks/04_analysis.ipynb $(ANALYSIS_PARAMS) $(EXTRACT_NBS) $(EXECUTED)/02_label_context.ipynb $(LABELS_LOCAL_NB) $(LIB_SRC) | $(ENV_STAMP)
+$(ANALYSIS_NB): notebooks/04_analysis.ipynb $(ANALYSIS_PARAMS) $(EXTRACT_NBS) $(EXECUTED)/02_label_context.ipynb $(LABELS_LOCAL_NB) $(ANALYSIS_SRC) | $(ENV_STAMP)
 	@mkdir -p $(@D)
 	$(PAPERMILL) -f $(ANALYSIS_PARAMS) $< $@.tmp && mv $@.tmp $@
 

@@ -1,5 +1,5 @@
 # ---- the local default code LM (Δ extraction over code-completion prompts) ----------------------------------------------
-# Included by the main Makefile; uses its PY, ENV_STAMP, LIB_SRC.
+# Included by the main Makefile; uses its PY, ENV_STAMP, CODELM_SRC.
 # Corpus: the Python standard library, never the dataset's projects (params/dataset/default.yaml sources.installed).
 # The trainer writes into a temporary directory and renames it at the end; with identical parameters and corpus it
 # reuses the existing model (and touches config.json), so a change elsewhere in lib/ does not retrain.
@@ -15,10 +15,10 @@ CODELM_EXCLUDE := params/dataset/default.yaml
 
 .PHONY: code-lm code-lm-plain code-lm-smoke
 
-$(CODELM_PLAIN): $(CODELM_PLAIN_PARAMS) $(CODELM_EXCLUDE) $(LIB_SRC) | $(ENV_STAMP)
+$(CODELM_PLAIN): $(CODELM_PLAIN_PARAMS) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
 	$(PY) -m deltalens.codelm train -p $(CODELM_PLAIN_PARAMS) --out $(CODELM_PLAIN_DIR)
 
-$(CODELM): $(CODELM_PARAMS) $(CODELM_PLAIN) $(CODELM_EXCLUDE) $(LIB_SRC) | $(ENV_STAMP)
+$(CODELM): $(CODELM_PARAMS) $(CODELM_PLAIN) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
 	$(PY) -m deltalens.codelm train -p $(CODELM_PARAMS) --out $(CODELM_DIR)
 
 code-lm-plain: $(CODELM_PLAIN) ## train the plain (context-blind) code LM on CPU: the ablation (data/models/code-lm-plain/)

@@ -1,5 +1,5 @@
 # ---- the code-context dataset (issue 3) ------------------------------------------------------------------------
-# Included by the main Makefile; uses its PY, ENV_STAMP, PAPERMILL, EXECUTED, LIB_SRC.
+# Included by the main Makefile; uses its PY, ENV_STAMP, PAPERMILL, EXECUTED, DATASET_SRC.
 DATASET_PARAMS := params/dataset/default.yaml
 DATASET_DIR    := data/processed/context
 DATASET        := $(DATASET_DIR)/manifest.json
@@ -11,10 +11,10 @@ DATASET_LOCAL        := $(DATASET_LOCAL_DIR)/manifest.json
 .PHONY: dataset dataset-verify dataset-report bench-dataset
 
 # The builder writes into a temporary directory and renames it at the end: a failed build leaves no manifest.
-$(DATASET): $(DATASET_PARAMS) $(LIB_SRC) | $(ENV_STAMP)
+$(DATASET): $(DATASET_PARAMS) $(DATASET_SRC) | $(ENV_STAMP)
 	$(PY) -m deltalens.context build -p $(DATASET_PARAMS) --out $(DATASET_DIR)
 
-$(DATASET_LOCAL): $(DATASET_LOCAL_PARAMS) $(LIB_SRC) | $(ENV_STAMP)
+$(DATASET_LOCAL): $(DATASET_LOCAL_PARAMS) $(DATASET_SRC) | $(ENV_STAMP)
 	$(PY) -m deltalens.context build -p $(DATASET_LOCAL_PARAMS) --out $(DATASET_LOCAL_DIR)
 
 dataset: $(DATASET) $(DATASET_LOCAL) ## build the code-context dataset and its local profile offline (data/processed/context*/)
@@ -23,7 +23,7 @@ dataset-verify: $(DATASET) $(DATASET_LOCAL) ## re-verify the ground truth of eve
 	$(PY) -m deltalens.context verify $(DATASET_DIR)
 	$(PY) -m deltalens.context verify $(DATASET_LOCAL_DIR)
 
-$(EXECUTED)/00_context_dataset.ipynb: notebooks/00_context_dataset.ipynb $(DATASET_PARAMS) $(DATASET) | $(ENV_STAMP)
+$(EXECUTED)/00_context_dataset.ipynb: notebooks/00_context_dataset.ipynb $(DATASET_PARAMS) $(DATASET) $(REPORT_SRC) | $(ENV_STAMP)
 	@mkdir -p $(@D)
 	$(PAPERMILL) -f $(DATASET_PARAMS) $< $@.tmp && mv $@.tmp $@
 

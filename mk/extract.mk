@@ -1,5 +1,5 @@
 # ---- Δ from a pretrained Mamba LM per context chunk (issue 5) -----------------------------------------------------
-# Included by the main Makefile; uses PY, ENV_STAMP, PAPERMILL, EXECUTED, LIB_SRC, DATASET, CODELM.
+# Included by the main Makefile; uses PY, ENV_STAMP, PAPERMILL, EXECUTED, EXTRACT_SRC, DATASET, CODELM.
 # One extraction per params/extract/<run>.yaml (model x prompt order). Extraction resumes sample by sample, so a rerun
 # after a code change only recomputes what is missing (delete data/processed/delta/<run> to start over).
 EXTRACT_PARAMS := $(sort $(wildcard params/extract/code-lm*.yaml))
@@ -11,7 +11,7 @@ KAGGLE_KERNEL  ?= $(KAGGLE_USERNAME)/deltalens-falcon-mamba-delta
 
 .PHONY: extract kaggle kaggle-push kaggle-pull bench-extract clean-delta
 
-$(EXECUTED)/03_extract_delta/%.ipynb: notebooks/03_extract_delta.ipynb params/extract/%.yaml $(CODELM) $(CODELM_PLAIN) $(DATASET) $(DATASET_LOCAL) $(LIB_SRC) | $(ENV_STAMP)
+$(EXECUTED)/03_extract_delta/%.ipynb: notebooks/03_extract_delta.ipynb params/extract/%.yaml $(CODELM) $(CODELM_PLAIN) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
 	@mkdir -p $(@D)
 	$(PAPERMILL) -f params/extract/$*.yaml $< $@.tmp && mv $@.tmp $@
 

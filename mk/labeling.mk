@@ -1,5 +1,5 @@
 # ---- labeling context relevance with LLMs (issue 4) ---------------------------------------------------------------
-# Included by the main Makefile; uses PY, ENV_STAMP, PAPERMILL, EXECUTED, LIB_SRC, DATASET.
+# Included by the main Makefile; uses PY, ENV_STAMP, PAPERMILL, EXECUTED, LABELING_SRC, DATASET.
 LABEL_PARAMS    := params/labeling/default.yaml
 LABEL_ENDPOINTS := data/interim/labels/endpoints.json
 LABELS          := data/processed/labels/labels.parquet
@@ -14,14 +14,14 @@ FORCE:
 $(LABEL_ENDPOINTS): FORCE | $(ENV_STAMP)
 	@$(PY) -m deltalens.labeling endpoints -p $(LABEL_PARAMS) --out $@
 
-$(EXECUTED)/02_label_context.ipynb: notebooks/02_label_context.ipynb $(LABEL_PARAMS) $(DATASET) $(LABEL_ENDPOINTS) $(LIB_SRC) | $(ENV_STAMP)
+$(EXECUTED)/02_label_context.ipynb: notebooks/02_label_context.ipynb $(LABEL_PARAMS) $(DATASET) $(LABEL_ENDPOINTS) $(LABELING_SRC) | $(ENV_STAMP)
 	@mkdir -p $(@D)
 	$(PAPERMILL) -f $(LABEL_PARAMS) $< $@.tmp && mv $@.tmp $@
 
 $(LABELS): $(EXECUTED)/02_label_context.ipynb
 
 # the reference scores of the local evaluation profile (the baselines of the local LM's analysis)
-$(LABELS_LOCAL_NB): notebooks/02_label_context.ipynb $(LABEL_LOCAL_PARAMS) $(DATASET_LOCAL) $(LIB_SRC) | $(ENV_STAMP)
+$(LABELS_LOCAL_NB): notebooks/02_label_context.ipynb $(LABEL_LOCAL_PARAMS) $(DATASET_LOCAL) $(LABELING_SRC) | $(ENV_STAMP)
 	@mkdir -p $(@D)
 	$(PAPERMILL) -f $(LABEL_LOCAL_PARAMS) $< $@.tmp && mv $@.tmp $@
 
