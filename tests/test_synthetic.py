@@ -51,6 +51,26 @@ def test_query_copying_identity_control_is_blind():
     probes, _ = synthetic.probe_table(synthetic.delta_on(model, tr), synthetic.delta_on(model, te), exp)
     data = probes[probes.population == "data"].set_index("features")
     assert abs(data.loc["control: token identity rate", "auc"] - 0.5) < 0.08
+    # the control that sees what the task is a function of: the query and the token decide importance exactly
+    assert data.loc["CatBoost control: query + token", "auc"] > 0.99
+    # the same probe on the mixer's other internals, next to Δ (an untrained model: only that they run)
+    assert {"CatBoost on the residual stream (mixer input) (16 dims)", "CatBoost on B and C (8 dims)"} <= set(data.index)
+
+
+def test_delta_set_holds_the_mixers_inputs_and_b_c():
+    from deltalens.models import build_model
+
+    exp = _tiny("selective_copying", {"seq_len": 12, "vocab_size": 5, "n_data": 3})
+    model = build_model(exp.model, seed=0)
+    tr, _ = synthetic.sample_sets(exp)
+    d = synthetic.delta_on(model, tr, chunk=10)  # several chunks
+    L = exp.task.total_len
+    assert d.residual.shape == (2, 32, L, 8) and d.bc.shape == (2, 32, L, 4)
+    # the first mixer's input is the normed embedding (mambapy: layer 0 = norm(embedding))
+    with torch.no_grad():
+        emb = model.embedding(tr.inputs)
+        first = model.mamba.layers[0].norm(emb)
+    torch.testing.assert_close(d.residual[0], first, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(

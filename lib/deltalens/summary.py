@@ -41,8 +41,11 @@ def summary_row(m: dict[str, Any]) -> dict[str, Any]:
                 continue
             short = (
                 "ctrl identity" if feat.startswith("control:") else
+                "CB ctrl query+token" if feat.startswith("CatBoost control: query") else
                 "CB ctrl" if feat.startswith("CatBoost control") else
-                "CB Δ+ctrl" if feat.startswith("CatBoost on Δ +") else "CB Δ"
+                "CB Δ+ctrl" if feat.startswith("CatBoost on Δ +") else
+                "CB residual" if feat.startswith("CatBoost on the residual") else
+                "CB B,C" if feat.startswith("CatBoost on B and C") else "CB Δ"
             )
             row[f"{pop} {short} AUC"] = r["auc"]
             if short != "ctrl identity":

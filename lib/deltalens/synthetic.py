@@ -121,10 +121,14 @@ def train_experiment(exp: Experiment, progress: bool = True) -> TrainResult:
 
 @dataclass
 class DeltaSet:
-    """Held-out sequences with their Δ: ``delta`` is (n_layers, B, L, d_inner)."""
+    """Held-out sequences with their Δ: ``delta`` is (n_layers, B, L, d_inner); ``residual`` (n_layers, B, L, d_model)
+    is each mixer's input (the residual stream after the block's norm), ``bc`` (n_layers, B, L, 2 * d_state) the
+    scan's B and C (the controls that say whether Δ is special among the mixer's internals)."""
 
     batch: TaskBatch
     delta: torch.Tensor
+    residual: torch.Tensor | None = None
+    bc: torch.Tensor | None = None
 
     def scores(self) -> dict[str, torch.Tensor]:  # name -> (n_layers, B, L)
         return delta_scores(self.delta)
@@ -132,13 +136,26 @@ class DeltaSet:
 
 @torch.no_grad()
 def delta_on(model: TinyMambaLM, batch: TaskBatch, chunk: int = 128) -> DeltaSet:
+    """Δ, the mixers' inputs and the scan's B / C of every sequence, through hooks (removed afterwards)."""
+    from .capture import find_mixers
+
     model.eval()
-    parts = []
+    deltas, residuals, bcs = [], [], []
+    mixers = [m for _, m in find_mixers(model)]
     for s in range(0, batch.inputs.shape[0], chunk):
-        with capture_delta(model) as rec:
-            model(batch.inputs[s : s + chunk])
-        parts.append(rec.stacked())
-    return DeltaSet(batch, torch.cat(parts, dim=1))
+        seen: list[torch.Tensor] = []
+        handles = [m.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().float())) for m in mixers]
+        try:
+            with capture_delta(model, reduce=lambda inp: (inp.delta, torch.cat([inp.B, inp.C], -1)),
+                               ssm_inputs=True) as rec:
+                model(batch.inputs[s : s + chunk])
+        finally:
+            for h in handles:
+                h.remove()
+        deltas.append(torch.stack([d for d, _ in rec.last()]))
+        bcs.append(torch.stack([bc for _, bc in rec.last()]))
+        residuals.append(torch.stack(seen[-len(mixers):]))
+    return DeltaSet(batch, torch.cat(deltas, dim=1), torch.cat(residuals, dim=1), torch.cat(bcs, dim=1))
 
 
 def sample_sets(exp: Experiment) -> tuple[TaskBatch, TaskBatch]:
@@ -225,6 +242,18 @@ def probe_table(train_set: DeltaSet, test: DeltaSet, exp: Experiment) -> tuple[p
             f"CatBoost control: token + {window} previous": (w_tr, w_te, cat_w),
             "CatBoost on Δ + control": (_mixed_frame(w_tr, d_tr), _mixed_frame(w_te, d_te), cat_w),
         }
+        # is Δ special among the mixer's internals? the same probe on its input and on the scan's B and C
+        for label, tr_x, te_x in (("the residual stream (mixer input)", train_set.residual, test.residual),
+                                  ("B and C", train_set.bc, test.bc)):
+            if tr_x is not None and te_x is not None:
+                xtr, xte = _flat(tr_x.permute(1, 2, 0, 3), m_tr), _flat(te_x.permute(1, 2, 0, 3), m_te)
+                feature_sets[f"CatBoost on {label} ({xtr.shape[1]} dims)"] = (xtr, xte, None)
+        if exp.task.name == "query_copying":  # the task is a function of two visible tokens: the query and the token
+            q_tr = np.stack([_flat(train_set.batch.inputs[:, :1].expand_as(train_set.batch.inputs), m_tr),
+                             _flat(train_set.batch.inputs, m_tr)], 1)
+            q_te = np.stack([_flat(test.batch.inputs[:, :1].expand_as(test.batch.inputs), m_te),
+                             _flat(test.batch.inputs, m_te)], 1)
+            feature_sets["CatBoost control: query + token"] = (q_tr, q_te, [0, 1])
         for name, (xtr, xte, cats) in feature_sets.items():
             r = catboost_probe(xtr, y_tr, xte, y_te, cat_features=cats, iterations=exp.analysis.catboost_iterations, seed=exp.analysis.seed)
             probas[pop][name] = r.proba
@@ -345,9 +374,24 @@ def conclusions(metrics: dict[str, Any]) -> str:
             else "Δ does **not** beat the controls" if strength < ctrl_best - 0.01
             else "Δ ties the controls"
         )
+        internals = {k.split(" (")[0].replace("CatBoost on ", ""): float(v) for k, v in sub["auc"].items()
+                     if k.startswith(("CatBoost on the residual", "CatBoost on B and C"))}
+        qt = sub["auc"].get("CatBoost control: query + token")
+        if internals or qt is not None:
+            parts = [f"{k} {v:.3f}" for k, v in internals.items()]
+            if qt is not None:
+                parts.append(f"control query + token {float(qt):.3f}")
+            others = [v for v in [*internals.values(), float(qt) if qt is not None else float("nan")] if not np.isnan(v)]
+            best_other = max(others) if others else float("nan")
+            special = ("Δ's channels carry more than the other internals / the two visible tokens"
+                       if delta_probe > best_other + 0.01 else
+                       "Δ is **not** special: the same probe on other internals or on the query and token does as well")
+            extra = f" Other probes: {', '.join(parts)} — {special}."
+        else:
+            extra = ""
         lines.append(
             f"- Population `{pop}`: the most informative single Δ score is layer {best['layer']} `{best['score']}`, "
             f"ROC-AUC {best['auc']:.3f}{ci}{direction}{dev}. CatBoost on all Δ channels: {delta_probe:.3f}; best control "
-            f"(token identity / conv window): {ctrl_best:.3f}; Δ + control: {both:.3f}. {verdict}."
+            f"(token identity / conv window): {ctrl_best:.3f}; Δ + control: {both:.3f}. {verdict}.{extra}"
         )
     return "\n".join(lines)
