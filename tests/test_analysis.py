@@ -151,7 +151,10 @@ def test_analysis_notebook_tiny(pipeline):
     # the hidden-attention baseline of the same forward: a dev-chosen score, compared with Δ by a paired difference
     ha = rec[("hidden attention from the prefix end (tiny/context_first)", "relevant")]
     assert ha["column"].startswith("hattn:tiny/context_first:L") and ha["column"].endswith(":prefix_end")
-    assert ha["auc"] == pytest.approx(roc_auc_score(test["relevant"], test[ha["column"]]))
+    assert ha["auc"] == pytest.approx(roc_auc_score(test["relevant"], ha["sign"] * test[ha["column"]]))
+    ha_cands = [(c, sg, roc_auc_score(dev["relevant"], sg * dev[c])) for c in t.columns
+                if c.startswith("hattn:tiny/context_first:") and c.endswith(":prefix_end") for sg in (1, -1)]
+    assert (ha["column"], ha["sign"]) == max(ha_cands, key=lambda x: x[2])[:2]  # layer and sign chosen on dev
     assert any(r["b"] == "hidden attention from the prefix end (tiny/context_first)" for r in paired)
     assert ("hidden attention from the target line (tiny/query_first)", "relevant") not in rec  # not computed there
     strata = m["lexical_strata"]

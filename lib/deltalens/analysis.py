@@ -228,12 +228,12 @@ def standard_choices(t: pd.DataFrame, truth: str = "relevant") -> list[Choice]:
         out.append(choose_on_dev(t, [f"selfinfo:{run}"], truth, f"self-information ({run})",
                                  note="sign chosen on dev"))
         for where, label, note in (("prefix_end", "hidden attention from the prefix end",
-                                    "layer chosen on dev; more attention mass = relevant"),
+                                    "layer and sign chosen on dev"),
                                    ("target", "hidden attention from the target line",
-                                    "upper bound (uses the target); layer chosen on dev")):
+                                    "upper bound (uses the target); layer and sign chosen on dev")):
             cols = [c for c in t.columns if c.startswith(f"hattn:{run}:") and c.endswith(f":{where}")]
-            if cols:
-                out.append(choose_on_dev(t, cols, truth, f"{label} ({run})", signs=(1.0,), note=note))
+            if cols:  # both signs: whether more or less attention mass marks relevant chunks is an empirical question
+                out.append(choose_on_dev(t, cols, truth, f"{label} ({run})", note=note))
     for b in BASELINES:
         if b in t.columns:
             out.append(choose_on_dev(t, [b], truth, b.upper() if b != "embedding" else "embedding cosine", signs=(1.0,)))
@@ -548,11 +548,10 @@ def conclusions(scores: pd.DataFrame, per_cat: pd.DataFrame, filtering: pd.DataF
 
 
 def save_json(obj, path: str | Path) -> Path:
-    p = resolve(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(obj, indent=1, default=lambda x: None if isinstance(x, float) and np.isnan(x) else
-                            x.item() if hasattr(x, "item") else str(x)))
-    return p
+    """Strict JSON (NaN -> null), written atomically (:mod:`deltalens.runinfo`)."""
+    from .runinfo import write_json
+
+    return write_json(resolve(path), obj)
 
 
 def records(df: pd.DataFrame) -> list[dict]:

@@ -46,6 +46,7 @@ from .lm_runtime import (DTYPES, HIDDEN_ATTENTION_STATS, SCANS, ModelLoadError, 
                          target_metrics)
 from .params import ParameterError, check_bool, check_choice, check_int
 from .paths import resolve
+from .runinfo import atomic_write, package_versions
 from .prompts import ORDERS, TRUNCATION, Encoded, encode, encode_variants  # noqa: F401
 from .scores import DELTA_SCORES
 
@@ -176,21 +177,10 @@ def select_samples(ds, split: str | None, max_samples: int | None) -> list[str]:
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for p in ("torch", "transformers", "tokenizers", "mambapy", "mamba_ssm", "causal_conv1d"):
-        try:
-            out[p] = version(p.replace("_", "-"))
-        except PackageNotFoundError:
-            out[p] = None
-    return out
+    return package_versions(("torch", "transformers", "tokenizers", "mambapy", "mamba_ssm", "causal_conv1d"))
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+_atomic_write = atomic_write
 
 
 def _finished(out: Path) -> list[Path]:

@@ -55,8 +55,8 @@ def summary_row(m: dict[str, Any]) -> dict[str, Any]:
 
 def compact(df: pd.DataFrame) -> pd.DataFrame:
     """The columns a reader compares first: training outcome, accuracy, the most informative single Δ score of each
-    population (as chosen in metrics.json: AUC farthest from 0.5, so an inverted score shows as AUC < 0.5) and the
-    probes."""
+    population (chosen on the dev sequences, reported on test: an inverted score shows as AUC < 0.5) and the probes,
+    including those on the mixer's other internals (residual stream, B and C) and the query + token control."""
     out = pd.DataFrame({
         "experiment": df["experiment"],
         "reached 1e-4": df["reached 1e-4"],
@@ -68,7 +68,8 @@ def compact(df: pd.DataFrame) -> pd.DataFrame:
         out[col] = df[col].round(3)
     for pop in ("context", "data"):
         out[f"{pop}: most informative Δ score"] = df[f"{pop}: most informative Δ score"]
-        for short in ("ctrl identity AUC", "CB ctrl AUC", "CB Δ AUC", "CB Δ+ctrl AUC"):
+        for short in ("ctrl identity AUC", "CB ctrl AUC", "CB ctrl query+token AUC", "CB Δ AUC", "CB Δ+ctrl AUC",
+                      "CB residual AUC", "CB B,C AUC"):
             col = f"{pop} {short}"
             if col in df:
                 out[f"{pop}: {short}"] = df[col].round(3)

@@ -329,18 +329,7 @@ def save_metrics(metrics: dict[str, Any], directory: Path) -> Path:
     return path
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return None if np.isnan(x) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
+from .runinfo import jsonable as _jsonable  # noqa: E402  (one NaN-safe JSON for every part)
 
 
 def conclusions(metrics: dict[str, Any]) -> str:

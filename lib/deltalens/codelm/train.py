@@ -25,10 +25,8 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -237,11 +235,10 @@ class TrainOutcome:
                 f"-> {self.out}")
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("torch", "transformers", "tokenizers", "mambapy", "safetensors"):
-        out[pkg] = version(pkg)
-    return out
+def _versions() -> dict[str, str | None]:
+    from ..runinfo import package_versions
+
+    return package_versions(("torch", "transformers", "tokenizers", "mambapy", "safetensors"), python=True)
 
 
 def existing_key(out: Path) -> str | None:

@@ -25,6 +25,7 @@ import pandas as pd
 from ..context.schema import dataset_fingerprint
 from ..params import ParameterError, check_choice, check_int, check_keys
 from ..paths import resolve
+from ..runinfo import atomic_write
 from .base import LabelerUnavailable
 from .manual import export_prompts, import_answers
 from .run import RunReport, answer_stats, answers_to_labels, label_prompts, labels_frame
@@ -128,10 +129,7 @@ def reference_scores(ds, methods: list[str], query_lines: int, cache: str | Path
             return scores
     scores = score_dataset(ds, methods, query_lines=query_lines, progress=progress)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        scores.to_parquet(tmp, index=False)
-        tmp.replace(path)
+        atomic_write(path, lambda p: scores.to_parquet(p, index=False))
         path.with_suffix(".json").write_text(json.dumps(key))
     return scores
 
