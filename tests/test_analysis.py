@@ -157,6 +157,10 @@ def test_analysis_notebook_tiny(pipeline):
     assert (ha["column"], ha["sign"]) == max(ha_cands, key=lambda x: x[2])[:2]  # layer and sign chosen on dev
     assert any(r["b"] == "hidden attention from the prefix end (tiny/context_first)" for r in paired)
     assert ("hidden attention from the target line (tiny/query_first)", "relevant") not in rec  # not computed there
+    # DeciMamba's decimation rule: layer and kept share chosen on dev among the run's decim columns
+    dm = rec[("DeciMamba decimation (tiny/context_first)", "relevant")]
+    dm_cands = [(c, roc_auc_score(dev["relevant"], dev[c])) for c in t.columns if c.startswith("decim:tiny/context_first:")]
+    assert len(dm_cands) == 2 * 3 and dm["column"] == max(dm_cands, key=lambda x: x[1])[0]
     strata = m["lexical_strata"]
     assert {r["name_in_query"] for r in strata} == {True, False}
     for f in ("scores_relevant.png", "delta_auc_by_layer.png", "per_category.png", "filtering.png"):

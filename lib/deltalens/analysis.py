@@ -6,6 +6,8 @@ The chunk table (:func:`chunk_table`) has one row per (sample, chunk) and these 
 * ``split, project, category, relevant`` — from the dataset (ground truth 1: ``relevant``);
 * ``delta:<run>:L<layer>:<stat>`` — Δ statistics of each extraction run (model x prompt order), stat in mean /
   mean_log / l2 / max;
+* ``decim:<run>:L<layer>:<pct>`` — DeciMamba's decimation rule: the share of the chunk's tokens among the top
+  ``pct`` % of the prompt's tokens by the L2 norm of Δ in that layer (the tokens its decimation would keep);
 * ``hattn:<run>:L<layer>:prefix_end|target`` — the hidden attention (Ali et al.) a run computed in the same forward:
   the attention mass the last prefix positions (a score a filter could use) or the target-line positions (an upper
   bound, like leave-one-out: it needs the target) give the chunk's tokens;
@@ -80,12 +82,15 @@ def chunk_table(ds, runs: dict[str, str | Path] | None = None, labels_dir: str |
                 raise FileNotFoundError(f"extraction run {name!r}: {d / f} is missing (run the extraction and its merge)")
         cd = pd.read_parquet(d / "chunk_delta.parquet")
         ha = [c for c in HIDDEN_ATTENTION if c in cd.columns]
-        wide = cd.pivot_table(index=["sample_id", "chunk_index"], columns="layer", values=list(STATS) + ha,
+        dec = [c for c in cd.columns if c.startswith("decimate_")]
+        wide = cd.pivot_table(index=["sample_id", "chunk_index"], columns="layer", values=list(STATS) + ha + dec,
                               dropna=False)
-        wide.columns = [f"delta:{name}:L{layer}:{stat}" if stat in STATS else f"hattn:{name}:L{layer}:{stat[3:]}"
-                        for stat, layer in wide.columns]
-        order = list(STATS) + [h[3:] for h in ha]
-        wide = wide[sorted(wide.columns, key=lambda c: (c.split(":")[0] == "hattn", int(c.split(":")[2][1:]),
+        family = {**{s: "delta" for s in STATS}, **{h: "hattn" for h in ha}, **{d: "decim" for d in dec}}
+        short = {**{s: s for s in STATS}, **{h: h[3:] for h in ha}, **{d: d[len("decimate_"):] for d in dec}}
+        wide.columns = [f"{family[stat]}:{name}:L{layer}:{short[stat]}" for stat, layer in wide.columns]
+        order = list(STATS) + [h[3:] for h in ha] + [d[len("decimate_"):] for d in dec]
+        fam_order = ("delta", "decim", "hattn")
+        wide = wide[sorted(wide.columns, key=lambda c: (fam_order.index(c.split(":")[0]), int(c.split(":")[2][1:]),
                                                         order.index(c.split(":")[3])))]
         lm = pd.read_parquet(d / "chunk_lm.parquet").set_index(["sample_id", "chunk_index"])
         extra = pd.DataFrame({f"selfinfo:{name}": lm["self_information"], f"loss_gain:{name}": lm["loss_gain"],
@@ -225,6 +230,11 @@ def standard_choices(t: pd.DataFrame, truth: str = "relevant") -> list[Choice]:
         l2 = [c for c in cols if c.endswith(":l2")]
         out.append(choose_on_dev(t, l2, truth, f"DeciMamba L2 Δ ({run})", signs=(1.0,),
                                  note="layer chosen on dev; high L2 norm = important"))
+        dec = [c for c in t.columns if c.startswith(f"decim:{run}:")]
+        if dec:
+            out.append(choose_on_dev(t, dec, truth, f"DeciMamba decimation ({run})", signs=(1.0,),
+                                     note="share of the chunk's tokens DeciMamba keeps; layer and kept share chosen "
+                                          "on dev"))
         out.append(choose_on_dev(t, [f"selfinfo:{run}"], truth, f"self-information ({run})",
                                  note="sign chosen on dev"))
         for where, label, note in (("prefix_end", "hidden attention from the prefix end",

@@ -138,16 +138,33 @@ def process_shard(shard: str, environ=os.environ) -> tuple[int, int]:
     return i * world + rank, n * world
 
 
+DECIMATION_SHARES = (0.1, 0.25, 0.5)  # DeciMamba's rule: a layer keeps the top share of the prompt's tokens by ||Δ||
+
+
+def decimation_kept(l2: np.ndarray, share: float) -> np.ndarray:
+    """(L,) bool: the ``share`` of the prompt's tokens with the largest L2 norm of Δ (at least one; ties by
+    position) — the tokens DeciMamba's decimation would keep in this layer."""
+    k = max(1, int(round(share * len(l2))))
+    kept = np.zeros(len(l2), bool)
+    kept[np.argsort(-np.asarray(l2, float), kind="stable")[:k]] = True
+    return kept
+
+
 def chunk_rows(sample_id: str, enc: Encoded, stats: list[dict], layer_ids: list[int]) -> pd.DataFrame:
-    """chunk x layer rows: the mean of each per-token Δ statistic over the chunk's tokens, and the sum of the
-    hidden-attention masses where they were computed (NaN for left-out chunks)."""
+    """chunk x layer rows: the mean of each per-token Δ statistic over the chunk's tokens; the share of the chunk's
+    tokens that DeciMamba's decimation keeps (``decimate_<pct>``: top share of the whole prompt's tokens by the L2
+    norm of Δ, per layer); the sum of the hidden-attention masses where they were computed (NaN for left-out
+    chunks)."""
     rows = []
     for li, st in zip(layer_ids, stats):
+        kept = {q: decimation_kept(st["l2"], q) for q in DECIMATION_SHARES}
         for ci, r in enumerate(enc.chunk_tokens):
             n = 0 if r is None else r[1] - r[0]
             row = {"sample_id": sample_id, "chunk_index": ci, "layer": li, "n_tokens": n}
             for s in STATS:
                 row[s] = float(st[s][r[0]:r[1]].mean()) if n else np.nan
+            for q, mask in kept.items():
+                row[f"decimate_{round(100 * q)}"] = float(mask[r[0]:r[1]].mean()) if n else np.nan
             for s in HIDDEN_ATTENTION_STATS:  # the mass the query positions give the chunk: a sum over its tokens
                 if s in st:
                     row[s] = float(st[s][r[0]:r[1]].sum()) if n else np.nan
