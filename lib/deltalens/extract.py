@@ -197,9 +197,6 @@ def _versions() -> dict:
     return package_versions(("torch", "transformers", "tokenizers", "mambapy", "mamba_ssm", "causal_conv1d"))
 
 
-_atomic_write = atomic_write
-
-
 def _finished(out: Path) -> list[Path]:
     return sorted(out.glob("shard-*-of-*/parts/*.json"))
 
@@ -299,13 +296,13 @@ def _write_sample(parts: Path, g: dict, cfg: ExtractConfig, layer_ids: list[int]
             row.update(loss_without=without, loss_gain=without - res.target_loss)
         lm_rows.append(row)
     rows = chunk_rows(sid, enc, res.stats, layer_ids)
-    _atomic_write(parts / f"{k:06d}.parquet", lambda p: rows.to_parquet(p, index=False))
+    atomic_write(parts / f"{k:06d}.parquet", lambda p: rows.to_parquet(p, index=False))
     if cfg.save_token_stats:
         from safetensors.torch import save_file
 
         tensors = {s: torch.from_numpy(np.stack([st[s] for st in res.stats])) for s in STATS}
         tensors["input_ids"] = enc.input_ids[0].cpu()
-        _atomic_write(parts / f"{k:06d}.tokens.safetensors", lambda p: save_file(tensors, str(p)))
+        atomic_write(parts / f"{k:06d}.tokens.safetensors", lambda p: save_file(tensors, str(p)))
     record = {"position": k, "sample_id": sid, "n_tokens": enc.n_tokens, "n_tokens_full": enc.n_tokens_full,
               "truncated": bool(enc.dropped or enc.cut_tokens), "dropped_chunks": enc.dropped,
               "cut_tokens": enc.cut_tokens, "target_tokens": enc.target_tokens[1] - enc.target_tokens[0],
@@ -315,7 +312,7 @@ def _write_sample(parts: Path, g: dict, cfg: ExtractConfig, layer_ids: list[int]
               "context_gain": g["no_context"].target_loss - res.target_loss, "leave_one_out": g["is_loo"],
               "over_trained_length": bool(trained_len is not None and enc.n_tokens > trained_len),
               "seconds": seconds, "chunks": lm_rows}
-    _atomic_write(parts / f"{k:06d}.json", lambda p: p.write_text(json.dumps(record)))
+    atomic_write(parts / f"{k:06d}.json", lambda p: p.write_text(json.dumps(record)))
     return record
 
 
@@ -358,7 +355,7 @@ def extract(cfg: ExtractConfig, ds=None, lm=None, tokenizer=None, progress: bool
                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if not (out / "run.json").is_file() or not _finished(out):
-        _atomic_write(out / "run.json", lambda p: p.write_text(json.dumps(
+        atomic_write(out / "run.json", lambda p: p.write_text(json.dumps(
             {"key": key, "config": asdict(cfg), "versions": _versions(), "runtime": runtime, "sample_ids": ids},
             indent=1)))
     with open(parts.parent / "sessions.jsonl", "a") as f:  # every (re)start: which path, dtype and scan ran
@@ -454,7 +451,7 @@ def merge(out_dir: str | Path, allow_partial: bool = False) -> dict[str, Path]:
     paths = {"chunk_delta": out / "chunk_delta.parquet", "chunk_lm": out / "chunk_lm.parquet",
              "samples": out / "samples.parquet"}
     for name, df in (("chunk_delta", chunk), ("chunk_lm", chunk_lm), ("samples", samples)):
-        _atomic_write(paths[name], lambda p, df=df: df.to_parquet(p, index=False))
+        atomic_write(paths[name], lambda p, df=df: df.to_parquet(p, index=False))
     sessions = [json.loads(line) for f in sorted(out.glob("shard-*-of-*/sessions.jsonl"))
                 for line in f.read_text().splitlines() if line.strip()]
     (out / "merged.json").write_text(json.dumps({"samples": len(records), "missing": len(missing),
