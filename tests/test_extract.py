@@ -11,19 +11,9 @@ import torch
 
 from deltalens import extract as ex
 from deltalens.capture import capture_delta
-from deltalens.context import build, load, load_params
 from deltalens.params import ParameterError
-from deltalens.paths import project_root
 from deltalens.prompts import layout
 from tiny_lm import save_tiny_lm
-
-
-@pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ctx")
-    build(load_params(project_root() / "params/dataset/smoke.yaml", {"out": str(out), "samples_per_project": 3}),
-          progress=False)
-    return load(out)
 
 
 @pytest.fixture(scope="module", params=["falcon_mamba", "mamba"])

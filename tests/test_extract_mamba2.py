@@ -11,20 +11,9 @@ import torch
 from deltalens import analysis as an
 from deltalens import extract as ex
 from deltalens.capture import capture_delta
-from deltalens.context import load
-from deltalens.context.build import build, load_params
 from deltalens.lm_runtime import set_scan
 from deltalens.params import ParameterError
-from deltalens.paths import project_root
 from tiny_lm import save_tiny_lm
-
-
-@pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ctx")
-    build(load_params(project_root() / "params/dataset/smoke.yaml", {"out": str(out), "samples_per_project": 3}),
-          progress=False)
-    return load(out)
 
 
 @pytest.fixture(scope="module", params=["mamba2", "bamba"])
@@ -99,3 +88,10 @@ def test_mamba1_models_refuse_the_chunked_path(ds, tmp_path):
     lm, _ = ex.load_lm(str(d))
     with pytest.raises(ParameterError, match="allowed: auto, cuda_kernels, mambapy, sequential"):
         set_scan(lm, "chunked")
+
+
+def test_every_capture_family_has_its_scan_paths():
+    from deltalens.capture import ADAPTERS
+    from deltalens.lm_runtime import FAMILY_SCANS
+
+    assert {a.family for a in ADAPTERS} == set(FAMILY_SCANS)

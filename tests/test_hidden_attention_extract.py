@@ -9,21 +9,10 @@ import torch
 from deltalens import analysis as an
 from deltalens import extract as ex
 from deltalens.capture import capture_delta
-from deltalens.context import load
-from deltalens.context.build import build, load_params
 from deltalens.hidden_attention import hidden_attention_rows
 from deltalens.lm_runtime import forward_all, hidden_attention_queries
 from deltalens.params import ParameterError
-from deltalens.paths import project_root
 from tiny_lm import save_tiny_lm
-
-
-@pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ctx")
-    build(load_params(project_root() / "params/dataset/smoke.yaml", {"out": str(out), "samples_per_project": 3}),
-          progress=False)
-    return load(out)
 
 
 @pytest.fixture(scope="module", params=["mamba", "falcon_mamba"])

@@ -267,23 +267,21 @@ _T = "transformers.models"
 _MAMBA1_REQUIRES = ("x_proj", "dt_proj", "A_log")
 _MAMBA2_REQUIRES = ("in_proj", "dt_bias", "A_log", "time_step_limit", "layer_idx")
 
+def _mamba1_adapter(family: str, cls: str, source: str) -> MixerAdapter:
+    """A Mamba-1 style family: hook on ``x_proj``, Δ per channel (d_inner), scan inputs available."""
+    return MixerAdapter(family, (cls,), "channel", "x_proj", _mamba1_delta, lambda m: m.dt_proj.out_features,
+                        _MAMBA1_REQUIRES, source, ssm_inputs=_mamba1_ssm_inputs)
+
+
 ADAPTERS: tuple[MixerAdapter, ...] = (
-    MixerAdapter("mambapy", ("mambapy.mamba.MambaBlock",), "channel", "x_proj", _mamba1_delta,
-                 lambda m: m.dt_proj.out_features, _MAMBA1_REQUIRES,
-                 "mambapy/mamba.py MambaBlock.ssm / ssm_step: deltaBC = x_proj(x); delta = softplus(dt_proj(dt))",
-                 ssm_inputs=_mamba1_ssm_inputs),
-    MixerAdapter("mamba", (f"{_T}.mamba.modeling_mamba.MambaMixer",), "channel", "x_proj", _mamba1_delta,
-                 lambda m: m.dt_proj.out_features, _MAMBA1_REQUIRES,
-                 "modeling_mamba.py L433-441 (x_proj, dt_proj.weight @), mamba_selective_scan L204-207",
-                 ssm_inputs=_mamba1_ssm_inputs),
-    MixerAdapter("falcon_mamba", (f"{_T}.falcon_mamba.modeling_falcon_mamba.FalconMambaMixer",), "channel", "x_proj",
-                 _mamba1_delta, lambda m: m.dt_proj.out_features, _MAMBA1_REQUIRES,
-                 "modeling_falcon_mamba.py L461-478 (x_proj, weightless dt_layernorm, dt_proj.weight @)",
-                 ssm_inputs=_mamba1_ssm_inputs),
-    MixerAdapter("jamba", (f"{_T}.jamba.modeling_jamba.JambaMambaMixer",), "channel", "x_proj", _mamba1_delta,
-                 lambda m: m.dt_proj.out_features, _MAMBA1_REQUIRES,
-                 "modeling_jamba.py L563-581 (x_proj, dt_layernorm with weight, dt_proj.weight @), L366-368",
-                 ssm_inputs=_mamba1_ssm_inputs),
+    _mamba1_adapter("mambapy", "mambapy.mamba.MambaBlock",
+                    "mambapy/mamba.py MambaBlock.ssm / ssm_step: deltaBC = x_proj(x); delta = softplus(dt_proj(dt))"),
+    _mamba1_adapter("mamba", f"{_T}.mamba.modeling_mamba.MambaMixer",
+                    "modeling_mamba.py L433-441 (x_proj, dt_proj.weight @), mamba_selective_scan L204-207"),
+    _mamba1_adapter("falcon_mamba", f"{_T}.falcon_mamba.modeling_falcon_mamba.FalconMambaMixer",
+                    "modeling_falcon_mamba.py L461-478 (x_proj, weightless dt_layernorm, dt_proj.weight @)"),
+    _mamba1_adapter("jamba", f"{_T}.jamba.modeling_jamba.JambaMambaMixer",
+                    "modeling_jamba.py L563-581 (x_proj, dt_layernorm with weight, dt_proj.weight @), L366-368"),
     MixerAdapter("zamba", (f"{_T}.zamba.modeling_zamba.ZambaMambaMixer",), "channel", "in_proj", _zamba_delta,
                  lambda m: m.dt_proj_bias.numel(),
                  ("in_proj", "conv1d", "act", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "n_mamba_heads",
@@ -367,6 +365,12 @@ def delta_width(mixer: nn.Module) -> int:
 
 
 _LAYER_NUMBER = re.compile(r"\.(\d+)(?=\.|$)")
+
+
+def mixer_layer_ids(model: nn.Module) -> list[int]:
+    """The model's own layer number of each mixer of :func:`find_mixers` (hybrids: attention layers are skipped in
+    the list but counted in the numbers); a mixer whose number cannot be read gets its index among the mixers."""
+    return [k if i is None else i for k, i in enumerate(_layer_id(n, m) for n, m in find_mixers(model))]
 
 
 def _layer_id(name: str, mixer: nn.Module) -> int | None:

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .capture import adapter_for, capture_delta, delta_width, find_mixers
+from .capture import adapter_for, capture_delta, delta_width, find_mixers, mixer_layer_ids
 from .params import ParameterError, check_choice, check_int
 from .paths import resolve
 from .prompts import Encoded
@@ -150,14 +150,12 @@ def trained_length(lm) -> int | None:
 def model_facts(lm) -> dict:
     mixers = find_mixers(lm)
     m0 = mixers[0][1]
-    adapter = adapter_for(m0)
+    adapter = adapter_for(m0)  # never None: find_mixers refuses mixers without an adapter
     d_state = getattr(m0, "ssm_state_size", None) or getattr(m0, "d_state", None) or int(m0.A_log.shape[-1])
     d_inner = getattr(m0, "intermediate_size", None) or delta_width(m0)  # Mamba-2: heads x head_dim
-    with capture_delta(lm) as rec:  # no forward: only the mixers' own layer numbers (hybrids skip attention layers)
-        layer_ids = [int(i) if i is not None else k for k, i in enumerate(rec.layer_ids)]
     return {"architecture": type(lm).__name__, "n_layers": len(mixers), "d_inner": int(d_inner),
-            "layer_ids": layer_ids, "delta_width": delta_width(m0), "delta_granularity": adapter.granularity if adapter else "channel", "mixer_family": adapter.family if adapter else None,
-            "d_state": int(d_state), "dtype": str(next(lm.parameters()).dtype).replace("torch.", ""),
+            "layer_ids": mixer_layer_ids(lm), "delta_width": delta_width(m0), "delta_granularity": adapter.granularity,
+            "mixer_family": adapter.family, "d_state": int(d_state), "dtype": str(next(lm.parameters()).dtype).replace("torch.", ""),
             "n_parameters": int(sum(p.numel() for p in lm.parameters())), "trained_length": trained_length(lm)}
 
 
@@ -203,9 +201,8 @@ def set_scan(lm, scan: str | bool = "auto") -> ScanChoice:
                              "then always runs their kernels; use scan: auto (or cuda_kernels), or uninstall them to "
                              f"run the {scan} path")
     mixer0 = find_mixers(lm)[0][1]
-    adapter = adapter_for(mixer0)
-    family = adapter.family if adapter else "mamba"
-    offered = FAMILY_SCANS.get(family, ("cuda_kernels", "sequential"))
+    family = adapter_for(mixer0).family  # find_mixers refuses mixers without an adapter
+    offered = FAMILY_SCANS[family]
     if scan != "auto" and scan not in offered:
         raise ParameterError(f"parameter scan={scan!r}: a {family} model ({type(lm).__name__}) has no such path in "
                              f"transformers; allowed: auto, {', '.join(offered)}")
