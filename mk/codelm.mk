@@ -27,3 +27,26 @@ code-lm: $(CODELM) ## train the context-reading code LM on CPU (continues code-l
 
 code-lm-smoke: | $(ENV_STAMP) ## tiny code LM in seconds (data/models/code-lm-smoke/) to try the extraction path
 	$(PY) -m deltalens.codelm train -p params/codelm/smoke.yaml --out data/models/code-lm-smoke
+
+# ---- the Mamba-2 twin (issue 14; optional, NOT in `make all`: over its 60-minute budget) ---------------------------------
+# transformers' Mamba2ForCausalLM trained by the same recipe, data and steps as the two Mamba-1 stages above
+# (params/codelm/mamba2-plain.yaml, then params/codelm/mamba2.yaml continues it), for Δ side by side (make
+# extract-mamba2 analysis-mamba2).
+CODELM_M2_PLAIN_PARAMS := params/codelm/mamba2-plain.yaml
+CODELM_M2_PLAIN_DIR    := data/models/code-lm-mamba2-plain
+CODELM_M2_PLAIN        := $(CODELM_M2_PLAIN_DIR)/config.json
+CODELM_M2_PARAMS       := params/codelm/mamba2.yaml
+CODELM_M2_DIR          := data/models/code-lm-mamba2
+CODELM_M2              := $(CODELM_M2_DIR)/config.json
+
+.PHONY: code-lm-mamba2 code-lm-mamba2-plain
+
+$(CODELM_M2_PLAIN): $(CODELM_M2_PLAIN_PARAMS) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_M2_PLAIN_PARAMS) --out $(CODELM_M2_PLAIN_DIR)
+
+$(CODELM_M2): $(CODELM_M2_PARAMS) $(CODELM_M2_PLAIN) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_M2_PARAMS) --out $(CODELM_M2_DIR)
+
+code-lm-mamba2-plain: $(CODELM_M2_PLAIN) ## optional: the Mamba-2 twin of code-lm-plain (data/models/code-lm-mamba2-plain/)
+
+code-lm-mamba2: $(CODELM_M2) ## optional: the Mamba-2 twin of code-lm, both stages (data/models/code-lm-mamba2/; not in all)

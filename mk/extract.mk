@@ -35,3 +35,16 @@ bench-extract: $(CODELM) $(DATASET) | $(ENV_STAMP) ## capture overhead, peak mem
 
 clean-delta: ## remove extracted Δ (data/processed/delta/) and its executed notebooks
 	rm -rf data/processed/delta $(EXECUTED)/03_extract_delta
+
+# ---- optional: Δ per head from the Mamba-2 twin (make code-lm-mamba2; NOT in `make extract` / `make all`) ------------
+# Its params live outside params/extract/, so the code-lm*.yaml wildcard above never picks them up.
+EXTRACT_M2_PARAMS := params/extract-optional/code-lm-mamba2_context_first.yaml
+EXTRACT_M2_NB     := $(EXECUTED)/03_extract_delta/code-lm-mamba2_context_first.ipynb
+
+.PHONY: extract-mamba2
+
+$(EXTRACT_M2_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_M2_PARAMS) $(CODELM_M2) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
+	@mkdir -p $(@D)
+	$(PAPERMILL) -f $(EXTRACT_M2_PARAMS) $< $@.tmp && mv $@.tmp $@
+
+extract-mamba2: $(EXTRACT_M2_NB) ## optional: Δ per head from the Mamba-2 twin, context first (data/processed/delta/code-lm-mamba2/)

@@ -8,7 +8,7 @@ import pytest
 
 from deltalens.context import (BuildParams, ParamsError, SchemaError, SourceError, build, build_dataset, load,
                                load_params)
-from deltalens.context.analysis import ProjectIndex
+from deltalens.context.ast_index import ProjectIndex
 from deltalens.context.sources import dir_project, repos_dir_projects
 from deltalens.context.verify import verify
 

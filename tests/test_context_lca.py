@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from deltalens.context import load, save, validate
-from deltalens.context.build import defines_any
+from deltalens.context.chunks import defines_any
 from deltalens.context.long_code_arena import LCAError, from_lca_records, read_lca
 
 FIXTURE = Path(__file__).parent / "fixtures" / "context" / "lca_small.jsonl"

@@ -11,6 +11,7 @@ import torch
 from deltalens import analysis as an
 from deltalens import extract as ex
 from deltalens.capture import capture_delta
+from deltalens.chunk_columns import ScoreColumn
 from deltalens.lm_runtime import set_scan
 from deltalens.params import ParameterError
 from tiny_lm import save_tiny_lm
@@ -56,7 +57,7 @@ def test_per_head_chunk_stats_equal_the_captured_delta_and_layers_are_the_models
     # the analysis' chunk table takes per-head runs like any other
     t = an.chunk_table(ds, {"m2": str(tmp_path / "d")})
     cols = an.delta_columns(t, "m2")
-    assert cols and {c.split(":")[2] for c in cols} == {f"L{i}" for i in expected_layers}
+    assert cols and {ScoreColumn.parse(c).layer for c in cols} == set(expected_layers)
 
 
 @pytest.mark.parametrize("dtype, tol", [("bfloat16", 5e-2), ("float16", 1e-2)])

@@ -37,31 +37,42 @@ def test_synthetic_notebook_tiny(tmp_path):
     fig_dir = tmp_path / "figures" / params["experiment"]
     metrics = json.loads((fig_dir / "metrics.json").read_text())
 
-    # what was run is what was asked
+    # what was run is what was asked: one model per seed, the same analysis for each
     assert metrics["params"]["task"]["task"] == "query_copying"
     assert metrics["params"]["train"]["max_steps"] == 30
-    assert metrics["training"]["steps"] == 30 and metrics["training"]["reached_target"] is False
-    assert [a["length_multiplier"] for a in metrics["accuracy"]] == [1, 2]
-    # every layer x score x population has an AUC in [0, 1]
-    aucs = metrics["delta_auc"]
-    assert len(aucs) == 2 * 4 * 2 and all(0 <= a["auc"] <= 1 for a in aucs)
-    probes = {(p["population"], p["features"].split(" (")[0]): p for p in metrics["probes"]}
-    assert ("context", "CatBoost on Δ") in probes and ("data", "CatBoost control: token + 3 previous") in probes
-    assert all(0 <= p["auc"] <= 1 for p in metrics["probes"])
+    assert [s["seed"] for s in metrics["seeds"]] == params["seeds"] == metrics["params"]["seeds"]
+    for s in metrics["seeds"]:
+        assert s["training"]["steps"] == 30 and s["training"]["reached_target"] is False
+        assert [a["length_multiplier"] for a in s["accuracy"]] == [1, 2]
+        # every layer x score x population has an AUC in [0, 1]
+        aucs = s["delta_auc"]
+        assert len(aucs) == 2 * 4 * 2 and all(0 <= a["auc"] <= 1 for a in aucs)
+        probes = {(p["population"], p["features"].split(" (")[0]): p for p in s["probes"]}
+        assert ("context", "CatBoost on Δ") in probes and ("data", "CatBoost control: token + 3 previous") in probes
+        assert all(0 <= p["auc"] <= 1 for p in s["probes"])
+    # different seeds train different models (their checkpoints and Δ differ)
+    s0, s1 = metrics["seeds"]
+    assert s0["training"]["checkpoint"] != s1["training"]["checkpoint"]
+    assert [a["auc"] for a in s0["delta_auc"]] != [a["auc"] for a in s1["delta_auc"]]
+    across = metrics["across_seeds"]
+    assert across["n_seeds"] == 2 and across["reached_target"] == 0
+    assert across["steps"] == {"mean": 30.0, "min": 30.0, "max": 30.0}
+    best_aucs = [s["best_delta_auc"]["context"]["auc"] for s in metrics["seeds"]]
+    assert across["populations"]["context"]["best_auc"]["min"] == min(best_aucs)
     # figures for each layer, ROC curves, and conclusions written from these numbers
     for name in ["training_curve", "delta_map_layer0", "delta_map_layer1", "token_diagram_layer1", "roc_context", "roc_data"]:
         assert (fig_dir / f"{name}.png").stat().st_size > 1000, name
     nb = nbformat.read(out, as_version=4)
     md = [o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs if "text/markdown" in o.get("data", {})]
-    assert md and "Training did not reach the target loss" in md[-1]
-    best = metrics["best_delta_auc"]["context"]
-    assert f"ROC-AUC {best['auc']:.3f}" in md[-1]
+    assert md and "Training did not reach the target loss" in md[-1] and "in 2 of 2 seeds" in md[-1]
+    mean_best = sum(best_aucs) / 2
+    assert f"test ROC-AUC {mean_best:.3f} ({min(best_aucs):.3f}–{max(best_aucs):.3f})" in md[-1]
 
-    # a second run with the same parameters reuses the checkpoint instead of training again
+    # a second run with the same parameters reuses the checkpoints instead of training again
     run_notebook("notebooks/01_synthetic.ipynb", tmp_path / "01b.ipynb", params)
     again = json.loads((fig_dir / "metrics.json").read_text())
-    assert again["training"]["reused_checkpoint"] is True
-    assert again["delta_auc"] == metrics["delta_auc"]
+    assert all(s["training"]["reused_checkpoint"] is True for s in again["seeds"])
+    assert [s["delta_auc"] for s in again["seeds"]] == [s["delta_auc"] for s in metrics["seeds"]]
 
 
 @pytest.mark.notebook

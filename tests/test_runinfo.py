@@ -37,3 +37,10 @@ def test_package_versions_names_missing_packages_none():
     v = package_versions(("numpy", "surely-not-installed-pkg"), python=True)
     assert v["numpy"] == np.__version__ and v["surely-not-installed-pkg"] is None and v["python"].count(".") == 2
     assert jsonable({"a": [np.float64("nan")]}) == {"a": [None]}
+
+
+def test_write_json_sort_keys_gives_content_determined_bytes(tmp_path):
+    a = write_json(tmp_path / "a.json", {"b": {"y": 1, "x": float("nan")}, "a": 2}, sort_keys=True).read_text()
+    b = write_json(tmp_path / "b.json", {"a": 2, "b": {"x": None, "y": 1}}, sort_keys=True).read_text()
+    assert a == b == json.dumps({"a": 2, "b": {"x": None, "y": 1}}, indent=1, sort_keys=True) + "\n"
+    assert write_json(tmp_path / "c.json", {"b": 1, "a": 2}).read_text() == '{\n "b": 1,\n "a": 2\n}\n'  # default: as given

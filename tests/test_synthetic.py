@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from deltalens import synthetic
+from deltalens import synthetic, synthetic_report
 from deltalens.params import ParameterError
-from deltalens.summary import build_summary
+from deltalens.summary import build_summary, compact
+from deltalens.paths import project_root
+
+ROOT_PARAMS = project_root() / "params"
 
 
 def _tiny(task, task_params):
@@ -85,6 +88,11 @@ def test_delta_set_holds_the_mixers_inputs_and_b_c():
         ({"task_params": {"seq_len": 2, "n_data": 4}}, "n_data=4 data tokens for seq_len=2"),
         ({"experiment": ""}, "parameter experiment=''"),
         ({"task_params": [64]}, "parameter task_params=[64] has type list; allowed: a mapping"),
+        ({"seeds": []}, "parameter seeds=[]; allowed: a non-empty list"),
+        ({"seeds": 3}, "parameter seeds=3; allowed: a non-empty list"),
+        ({"seeds": [0, 0]}, "parameter seeds=[0, 0] repeats a seed"),
+        ({"seeds": [0, -1]}, "seeds[]=-1 is too small"),
+        ({"seeds": [0, 1], "train": {"seed": 2}}, "seeds=[0, 1] and train.seed=2 are both given"),
     ],
 )
 def test_make_experiment_rejects_bad_parameters(kwargs, needle):
@@ -94,28 +102,70 @@ def test_make_experiment_rejects_bad_parameters(kwargs, needle):
     assert needle in str(err.value)
 
 
+def _seed(seed, steps, reached, best_auc, cb_delta, ctrl, score="mean_log"):
+    return {
+        "seed": seed,
+        "training": {"reached_target": reached, "target_loss": 1e-4, "steps": steps, "seconds": 1.0,
+                     "final_eval_loss": 5e-5 if reached else 2e-4},
+        "accuracy": [{"length_multiplier": 1, "accuracy": 1.0}, {"length_multiplier": 4, "accuracy": 0.5}],
+        "delta_auc": [{"population": "context", "layer": 0, "score": "l2", "auc": 0.7},
+                      {"population": "context", "layer": 0, "score": "mean_log", "auc": best_auc}],
+        "best_delta_auc": {"context": {"layer": 0, "score": score, "auc": best_auc, "dev_auc": 0.21, "direction": -1,
+                                       "ci_low": best_auc - .05, "ci_high": best_auc + .05}},
+        "probes": [{"population": "context", "features": "CatBoost on Δ (32 channels)", "auc": cb_delta, "accuracy": 0.9},
+                   {"population": "context", "features": "CatBoost control: token + 3 previous", "auc": ctrl, "accuracy": 0.8},
+                   {"population": "context", "features": "CatBoost on Δ + control", "auc": 0.95, "accuracy": 0.9}],
+    }
+
+
 def test_summary_from_metrics(tmp_path):
     import json
 
     with pytest.raises(FileNotFoundError, match="run the synthetic notebooks first"):
         build_summary([])
-    m = {
-        "experiment": "e", "n_parameters": 10,
-        "params": {"task": {"task": "induction_heads", "seq_len": 8, "vocab_size": 4}},
-        "training": {"reached_target": True, "steps": 5, "seconds": 1.0, "final_eval_loss": 5e-5},
-        "accuracy": [{"length_multiplier": 1, "accuracy": 1.0}, {"length_multiplier": 4, "accuracy": 0.5}],
-        "delta_auc": [{"population": "context", "layer": 0, "score": "l2", "auc": 0.7},
-                      {"population": "context", "layer": 0, "score": "mean_log", "auc": 0.2}],
-        "best_delta_auc": {"context": {"layer": 0, "score": "mean_log", "auc": 0.2}},
-        "probes": [{"population": "context", "features": "CatBoost on Δ (32 channels)", "auc": 0.8, "accuracy": 0.9}],
-    }
+    m = {"experiment": "e", "n_parameters": 10, "params": {"task": {"task": "induction_heads", "seq_len": 8, "vocab_size": 4}},
+         "seeds": [_seed(0, 5, True, 0.2, 0.8, 0.6), _seed(1, 9, False, 0.3, 0.9, 0.6, score="l2")]}
     (tmp_path / "metrics.json").write_text(json.dumps(m))
-    row = build_summary([tmp_path / "metrics.json"]).iloc[0]
+    df = build_summary([tmp_path / "metrics.json"])
+    assert list(df["seed"]) == [0, 1]
+    row = df.iloc[0]
     assert row["acc@4x"] == 0.5 and row["context Δl2 L0"] == 0.7 and row["context CB Δ AUC"] == 0.8
     assert row["setting"] == "seq_len=8, vocab_size=4"
     # the compact table takes the most informative score from metrics.json (here an inverted mean-log score)
-    assert row["context: most informative Δ score"] == "Δmean_log L0 0.200" and row["context Δmean_log L0"] == 0.2
+    assert row["context: most informative Δ score"] == "Δmean_log L0" and row["context: most informative Δ AUC"] == 0.2
     assert row["data: most informative Δ score"] == "n/a"
+    # across seeds: counts of the chosen scores, mean (min–max) of the numbers
+    c = compact(df).iloc[0]
+    assert c["seeds"] == 2 and c["reached 1e-4"] == "1/2" and c["steps"] == "7 (5–9)"
+    assert c["context: most informative Δ score"] == "Δmean_log L0 (1/2), Δl2 L0 (1/2)"
+    assert c["context: its AUC"] == "0.250 (0.200–0.300)" and c["context: CB Δ AUC"] == "0.850 (0.800–0.900)"
+    assert c["acc@1x"] == "1.000" and c["data: most informative Δ score"] == "n/a"
+    # a metrics.json from before seeds existed is refused with a clear message, not misread
+    (tmp_path / "old.json").write_text(json.dumps({"experiment": "e", "training": {}}))
+    with pytest.raises(ValueError, match="without per-seed records"):
+        build_summary([tmp_path / "old.json"])
+
+
+def test_conclusions_hold_only_when_every_seed_agrees():
+    base = {"experiment": "e", "params": {}}
+    agree = base | {"seeds": [_seed(0, 5, True, 0.2, 0.8, 0.6), _seed(1, 7, True, 0.25, 0.85, 0.6)]}
+    agree["across_seeds"] = synthetic_report.across_seeds(agree)
+    a = agree["across_seeds"]
+    assert a["reached_target"] == 2 and a["steps"] == {"mean": 6.0, "min": 5.0, "max": 7.0}
+    pop = a["populations"]["context"]
+    # strength = max(1 - 0.2 (the inverted single score, read in its dev direction), CatBoost on Δ) vs control 0.6
+    assert pop["vs_control"] == {"beats": 2} and pop["best_choices"] == {"mean_log L0": 2}
+    text = synthetic_report.conclusions(agree)
+    assert "Δ beats the controls (in all 2 seeds)" in text and "every seed" in text
+    assert "test ROC-AUC 0.225 (0.200–0.250) — inverted" in text
+
+    # one seed where Δ loses to the control: no conclusion, and the failed training is named
+    split = base | {"seeds": [_seed(0, 5, True, 0.45, 0.62, 0.6), _seed(1, 9, False, 0.5, 0.55, 0.7)]}
+    split["across_seeds"] = synthetic_report.across_seeds(split)
+    assert split["across_seeds"]["populations"]["context"]["vs_control"] == {"beats": 1, "loses": 1}
+    text = synthetic_report.conclusions(split)
+    assert "no conclusion: the seeds disagree" in text and "beats in 1 of 2, loses in 1 of 2" in text
+    assert "did not reach the target loss** 1e-04 in 1 of 2 seeds: seed 1 (2.0e-04 after 9 steps)" in text
 
 
 def test_best_single_score_is_chosen_on_dev_and_reported_on_test():
@@ -125,7 +175,23 @@ def test_best_single_score_is_chosen_on_dev_and_reported_on_test():
                                        "ci_high": a + .1} for (l, s), a in vals.items()])
     dev = rows({(0, "mean"): 0.55, (1, "max"): 0.20, (1, "mean"): 0.60})
     test = rows({(0, "mean"): 0.95, (1, "max"): 0.45, (1, "mean"): 0.61})   # the test's best never chooses
-    best = synthetic.choose_best_on_dev(dev, test)["context"]
+    best = synthetic_report.choose_best_on_dev(dev, test)["context"]
     assert (best["layer"], best["score"], best["direction"]) == (1, "max", -1)
     assert best["auc"] == 0.45 and best["dev_auc"] == 0.20 and best["candidates"] == 3
-    assert "data" not in synthetic.choose_best_on_dev(dev, test)
+    assert "data" not in synthetic_report.choose_best_on_dev(dev, test)
+
+
+@pytest.mark.parametrize("path", sorted(ROOT_PARAMS.glob("synthetic*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_shipped_synthetic_parameter_file_is_valid_and_has_three_seeds(path):
+    import yaml
+
+    p = yaml.safe_load(path.read_text())
+    exp = synthetic.make_experiment(path.stem, p["task"], p.get("task_params"), p.get("model"), p.get("train"),
+                                    p.get("analysis"), seeds=p.get("seeds"))
+    assert len(exp.seeds) >= 3, f"{path}: every default setting runs with at least 3 seeds"
+    # the step cap leaves room for slow seeds; the clock cap is only a guard
+    assert exp.train.max_steps >= 5000 and exp.train.max_seconds >= 1800
+    # every seed is its own checkpoint
+    from deltalens.train import run_key
+
+    assert len({run_key(exp.task, exp.model, exp.train_for(s)) for s in exp.seeds}) == len(exp.seeds)

@@ -14,8 +14,8 @@ TINY = {
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_shapes_masks_and_determinism(name):
     task = make_task(name, **TINY[name])
-    a = task.sample(64, torch.Generator().manual_seed(3))
-    b = task.sample(64, torch.Generator().manual_seed(3))
+    a = task.draw_batch(64, torch.Generator().manual_seed(3))
+    b = task.draw_batch(64, torch.Generator().manual_seed(3))
     assert torch.equal(a.inputs, b.inputs) and torch.equal(a.important, b.important)
     assert a.inputs.shape == (64, task.total_len)
     assert int(a.inputs.max()) < task.vocab_size and int(a.inputs.min()) >= 0
@@ -28,7 +28,7 @@ def test_shapes_masks_and_determinism(name):
 
 def test_selective_copying_semantics(gen):
     task = make_task("selective_copying", **TINY["selective_copying"])
-    batch = task.sample(32, gen)
+    batch = task.draw_batch(32, gen)
     A = task.vocab_size
     for row in range(32):
         x, imp = batch.inputs[row], batch.important[row]
@@ -40,7 +40,7 @@ def test_selective_copying_semantics(gen):
 
 def test_induction_heads_semantics(gen):
     task = make_task("induction_heads", **TINY["induction_heads"])
-    batch = task.sample(32, gen)
+    batch = task.draw_batch(32, gen)
     trigger = task.vocab_size - 1
     for row in range(32):
         x = batch.inputs[row]
@@ -52,7 +52,7 @@ def test_induction_heads_semantics(gen):
 
 def test_query_copying_semantics(gen):
     task = make_task("query_copying", **TINY["query_copying"])
-    batch = task.sample(64, gen)
+    batch = task.draw_batch(64, gen)
     K, C = task.n_classes, task.tokens_per_class
     for row in range(64):
         x = batch.inputs[row]
@@ -69,7 +69,7 @@ def test_query_copying_semantics(gen):
 
 def test_length_can_change_for_generalisation():
     task = make_task("induction_heads", seq_len=16, vocab_size=6)
-    assert task.with_seq_len(64).sample(2, torch.Generator().manual_seed(0)).inputs.shape == (2, 64)
+    assert task.with_seq_len(64).draw_batch(2, torch.Generator().manual_seed(0)).inputs.shape == (2, 64)
 
 
 @pytest.mark.parametrize(

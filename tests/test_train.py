@@ -35,7 +35,7 @@ def test_training_lowers_loss_and_checkpoint_is_reused(tmp_path):
     assert second.reused and second.checkpoint == ckpt and "reused checkpoint" in second.summary()
     for (k, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
         assert torch.equal(a, b), k
-    batch = task.sample(16, torch.Generator().manual_seed(5))
+    batch = task.draw_batch(16, torch.Generator().manual_seed(5))
     assert evaluate(first.model, batch) == evaluate(load_model(ckpt), batch)
 
 

@@ -89,7 +89,7 @@ import dataclasses
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -466,7 +466,7 @@ class DeltaRecord:
 @contextmanager
 def capture_delta(
     model: nn.Module,
-    reduce: Callable[[torch.Tensor], Any] | None = None,
+    reduce: Callable[[torch.Tensor], Any] | Sequence[Callable[[torch.Tensor], Any]] | None = None,
     layers: list[int] | None = None,
     to_cpu: bool = True,
     ssm_inputs: bool = False,
@@ -475,8 +475,9 @@ def capture_delta(
     forward call.
 
     ``reduce`` maps Δ float32 -- (B, L, d_inner) for channel granularity, (B, L, n_heads) for head granularity -- to
-    whatever is kept (default: Δ itself); a step-mode call gives L = 1. Results are detached and, with ``to_cpu``,
-    moved to the CPU.
+    whatever is kept (default: Δ itself); a step-mode call gives L = 1. A sequence of callables gives each hooked
+    mixer its own (in the order of the hooked mixers: a reduction that depends on the layer, e.g. per-layer channel
+    masks). Results are detached and, with ``to_cpu``, moved to the CPU.
 
     ``ssm_inputs=True`` (Mamba-1 families only, else a ValueError naming the family): ``reduce`` receives the scan's
     :class:`SSMInputs` (Δ, A, B, C, u, D, float32) instead of Δ alone, and without ``reduce`` those are kept.
@@ -488,6 +489,13 @@ def capture_delta(
             raise ValueError(f"layers={layers}: {bad} out of range; the model has {len(mixers)} mixers (0..{len(mixers) - 1})")
         mixers = [mixers[i] for i in layers]
     adapters = [adapter_for(m) for _, m in mixers]
+    if isinstance(reduce, (list, tuple)):
+        if len(reduce) != len(mixers) or not all(callable(f) for f in reduce):
+            raise ValueError(f"capture_delta: reduce is a sequence of {len(reduce)} items; expected {len(mixers)} "
+                             "callables, one per hooked mixer")
+        reducers = list(reduce)
+    else:
+        reducers = [reduce] * len(mixers)
     if ssm_inputs:
         refused = sorted({a.family for a in adapters if a.ssm_inputs is None})
         if refused:
@@ -536,7 +544,7 @@ def capture_delta(
                     value = adapter.ssm_inputs(mixer, x, out, calls[i], step)
                 else:
                     value = adapter.delta(mixer, out, calls[i])
-                kept = reduce(value) if reduce is not None else value
+                kept = reducers[i](value) if reducers[i] is not None else value
                 if to_cpu:
                     kept = _to_cpu(kept)
             record.per_layer[i].append(kept)

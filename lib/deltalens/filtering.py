@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .chunk_columns import N_TOKENS, ScoreColumn
+from .extract_config import hash_subset
 from .lm_runtime import forward_all, set_scan
 from .prompts import encode
 
@@ -30,6 +32,14 @@ def keep_by_budget(scores: np.ndarray, n_tokens: np.ndarray, budget: float) -> f
     return frozenset(kept)
 
 
+def filter_sample_ids(table: pd.DataFrame, k: int | None, split: str = "test") -> list[str]:
+    """The samples of ``split`` the curves are measured on: ``k`` of them as a fixed hash subset
+    (:func:`deltalens.extract_config.hash_subset`), in the chunk table's order."""
+    ids = list(table.loc[table["split"] == split, "sample_id"].unique())
+    keep = hash_subset(ids, k)
+    return [s for s in ids if s in keep]
+
+
 def filtering_curves(lm, tokenizer, ds, table: pd.DataFrame, scores: dict[str, tuple[str, float]], run: str,
                      sample_ids: list[str], cfg, budgets=DEFAULT_BUDGETS, progress: bool = True,
                      scan: str = "auto", batch_tokens: int | str = "auto") -> pd.DataFrame:
@@ -42,7 +52,7 @@ def filtering_curves(lm, tokenizer, ds, table: pd.DataFrame, scores: dict[str, t
 
     set_scan(lm, scan)
     rows = []
-    tok_col = f"n_tokens:{run}"
+    tok_col = ScoreColumn(N_TOKENS, run).name
     if tok_col not in table.columns:
         raise ValueError(f"the chunk table has no {tok_col!r}: extraction run {run!r} is not in it")
     for sid in tqdm(sample_ids, desc="filtering", unit="sample", disable=not progress):

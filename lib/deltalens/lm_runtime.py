@@ -306,29 +306,51 @@ def hidden_attention_queries(encs: list[Encoded], prefix_tokens: int) -> dict[st
     return out
 
 
-def _stats_reducer(encs: list[Encoded], hidden_attention: int):
+def _stats_reducer(encs: list[Encoded], hidden_attention: int, global_masks: dict | None = None):
     """``token_stats`` of Δ, plus with ``hidden_attention`` > 0 the per-token hidden-attention masses (kind 'alpha')
-    from both query sets, as ``ha_prefix_end`` / ``ha_target``."""
-    if not hidden_attention:
-        return token_stats
-    from .hidden_attention import hidden_attention_masses
+    from both query sets, as ``ha_prefix_end`` / ``ha_target``, plus with ``global_masks`` ({share: (n_layers, D)
+    bool}, :mod:`deltalens.global_channels`) the mean Δ over each share's global channels (``global_<pct>``): then one
+    reducer per captured layer, in capture order."""
+    masses = None
+    if hidden_attention:
+        from .hidden_attention import hidden_attention_masses
 
-    queries = hidden_attention_queries(encs, hidden_attention)
+        queries = hidden_attention_queries(encs, hidden_attention)
+        masses = lambda inp: hidden_attention_masses(inp, queries, kinds=("alpha",))  # noqa: E731
 
-    def reduce(inp):
-        masses = hidden_attention_masses(inp, queries, kinds=("alpha",))
-        return {**token_stats(inp.delta), "ha_prefix_end": masses["prefix_end:alpha"],
-                "ha_target": masses["target:alpha"]}
+    def make(layer_masks: dict | None):
+        def reduce(inp):
+            delta = inp.delta if masses is not None else inp
+            out = token_stats(delta)
+            if masses is not None:
+                m = masses(inp)
+                out.update(ha_prefix_end=m["prefix_end:alpha"], ha_target=m["target:alpha"])
+            if layer_masks:
+                from .global_channels import global_token_stats
 
-    return reduce
+                out.update(global_token_stats(delta, layer_masks))
+            return out
+
+        return reduce
+
+    if not global_masks:
+        return make(None) if masses is not None else token_stats
+    n_layers = {np.asarray(m).shape[0] for m in global_masks.values()}
+    if len(n_layers) != 1:
+        raise ValueError(f"global_masks: the shares' masks cover different numbers of layers {sorted(n_layers)}")
+    return [make({q: torch.as_tensor(np.asarray(m)[li]) for q, m in global_masks.items()})
+            for li in range(n_layers.pop())]
 
 
 @torch.no_grad()
 def forward_batch(lm, encs: list[Encoded], *, capture: bool = True, layers=None,
-                  token_nll: bool | list[bool] = False, hidden_attention: int = 0) -> list[ForwardResult]:
+                  token_nll: bool | list[bool] = False, hidden_attention: int = 0,
+                  global_masks: dict | None = None) -> list[ForwardResult]:
     """One forward over ``encs`` as a right-padded batch (all rows must fit together: see :func:`plan_batches`).
     ``hidden_attention`` > 0 (Mamba-1 families): each layer's statistics also hold the hidden-attention mass per token
-    from the last ``hidden_attention`` prefix positions and from the target-line positions."""
+    from the last ``hidden_attention`` prefix positions and from the target-line positions. ``global_masks``
+    ({share: (n captured layers, D) bool}): each layer's statistics also hold ``global_<pct>``, the mean Δ over that
+    share's global channels (LongMamba's rule; :mod:`deltalens.global_channels`)."""
     choice = scan_of(lm)
     want_nll = [token_nll] * len(encs) if isinstance(token_nll, bool) else list(token_nll)
     device = lm.get_input_embeddings().weight.device
@@ -346,7 +368,8 @@ def forward_batch(lm, encs: list[Encoded], *, capture: bool = True, layers=None,
     backbone, head = lm.base_model, lm.get_output_embeddings()
     with choice.context():
         if capture:  # statistics stay on the device until the forward is done: no synchronisation per layer
-            with capture_delta(lm, reduce=_stats_reducer(encs, hidden_attention), layers=layers, to_cpu=False,
+            reduce = _stats_reducer(encs, hidden_attention, global_masks)
+            with capture_delta(lm, reduce=reduce, layers=layers, to_cpu=False,
                                ssm_inputs=bool(hidden_attention)) as rec:
                 hidden = backbone(**kw).last_hidden_state
             per_layer = [{k: v.float().cpu().numpy() for k, v in d.items()} for d in rec.last()]
@@ -369,14 +392,16 @@ def forward_batch(lm, encs: list[Encoded], *, capture: bool = True, layers=None,
 
 
 def forward_all(lm, encs: list[Encoded], *, batch_tokens: int | str = "auto", capture: bool = True, layers=None,
-                token_nll: bool | list[bool] = False, hidden_attention: int = 0) -> list[ForwardResult]:
+                token_nll: bool | list[bool] = False, hidden_attention: int = 0,
+                global_masks: dict | None = None) -> list[ForwardResult]:
     """:func:`forward_batch` over any number of sequences, grouped by :func:`plan_batches`; results in input order."""
     budget = auto_batch_tokens(lm) if batch_tokens == "auto" else batch_tokens
     want = [token_nll] * len(encs) if isinstance(token_nll, bool) else list(token_nll)
     results: list[ForwardResult | None] = [None] * len(encs)
     for batch in plan_batches([int(e.input_ids.shape[1]) for e in encs], budget):
         for i, res in zip(batch, forward_batch(lm, [encs[i] for i in batch], capture=capture, layers=layers,
-                                               token_nll=[want[i] for i in batch], hidden_attention=hidden_attention)):
+                                               token_nll=[want[i] for i in batch], hidden_attention=hidden_attention,
+                                               global_masks=global_masks)):
             results[i] = res
     return results  # type: ignore[return-value]
 

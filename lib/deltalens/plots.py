@@ -72,11 +72,15 @@ def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str
     return fig
 
 
-def training_curve(curve: pd.DataFrame, target: float, title: str = "") -> plt.Figure:
+def training_curve(curve: pd.DataFrame | dict[int, pd.DataFrame], target: float, title: str = "") -> plt.Figure:
+    """Train-batch and held-out loss per step; a dict {seed: curve} draws every seed in its own colour."""
+    curves = curve if isinstance(curve, dict) else {None: curve}
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.semilogy(curve.step, curve.train_loss, lw=0.6, alpha=0.6, label="train batch")
-    ev = curve.dropna(subset=["eval_loss"])
-    ax.semilogy(ev.step, ev.eval_loss, "o-", ms=2, label="held-out")
+    for i, (seed, c) in enumerate(curves.items()):
+        tag = "" if seed is None else f" (seed {seed})"
+        ax.semilogy(c.step, c.train_loss, lw=0.6, alpha=0.4, color=f"C{i}", label=f"train batch{tag}")
+        ev = c.dropna(subset=["eval_loss"])
+        ax.semilogy(ev.step, ev.eval_loss, "o-", ms=2, color=f"C{i}", label=f"held-out{tag}")
     ax.axhline(target, color="red", ls="--", lw=0.8, label=f"target {target:.0e}")
     ax.set_xlabel("step")
     ax.set_ylabel("answer cross-entropy")
@@ -190,5 +194,23 @@ def filtering_plot(summary: pd.DataFrame, title: str = "") -> plt.Figure:
     axes[0].get_legend().remove()
     axes[1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def dataset_overview(tables: dict[str, pd.DataFrame], chunks: pd.DataFrame, title: str = "") -> plt.Figure:
+    """The code-context dataset at a glance (notebook 00): samples per project, chunks per sample by category, and
+    the chunk length distribution per category. ``tables``: :func:`deltalens.context.stats.summary`; ``chunks``: the
+    dataset's chunk table (``category``, ``text``)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    tables["samples_per_project"].set_index("project")["samples"].plot.barh(ax=axes[0], title="samples per project")
+    tables["chunks_per_category"]["per_sample"].plot.bar(ax=axes[1], title="chunks per sample, by category", rot=0)
+    lengths = chunks.assign(chars=chunks["text"].str.len())
+    for cat, g in lengths.groupby("category"):
+        axes[2].hist(g["chars"], bins=30, alpha=0.5, label=cat)
+    axes[2].set(title="chunk length (chars)", xlabel="characters")
+    axes[2].legend()
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -53,9 +53,10 @@ def jsonable(x: Any) -> Any:
     return x
 
 
-def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
-    """Strict JSON (no NaN tokens), written atomically; objects json cannot encode are written as ``str``."""
-    text = json.dumps(jsonable(obj), indent=indent, allow_nan=False, default=str)
+def write_json(path: str | Path, obj: Any, indent: int | None = 1, sort_keys: bool = False) -> Path:
+    """Strict JSON (no NaN tokens), written atomically; objects json cannot encode are written as ``str``.
+    ``sort_keys``: keys of every mapping in sorted order (a file whose bytes depend on the content only)."""
+    text = json.dumps(jsonable(obj), indent=indent, allow_nan=False, default=str, sort_keys=sort_keys)
     return atomic_write(path, lambda p: p.write_text(text + "\n"))
 
 

@@ -17,7 +17,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+DELTA_STATS = ("mean", "mean_log", "l2", "max")
+"""The per-token Δ statistics of :func:`delta_scores`, in the order of extraction's files and the chunk table
+(re-exported by :mod:`deltalens.chunk_columns`, the home of every column name)."""
 DELTA_SCORES = ("mean", "max", "l2", "mean_log")
+"""The same statistics in the synthetic part's order (rows of its tables and figures)."""
+assert sorted(DELTA_STATS) == sorted(DELTA_SCORES)
 
 
 def delta_scores(delta: torch.Tensor) -> dict[str, torch.Tensor]:

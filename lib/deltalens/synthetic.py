@@ -5,13 +5,13 @@ The questions, per layer and per Δ score, on held-out sequences:
   * population ``data``: over the content tokens only, does Δ rank the important ones first? For Selective Copying
     every data token is important (undefined, reported as NaN); for Query Copying only the query can tell.
 and what the controls (token identity; CatBoost on the token and its short-conv window) achieve on the same tokens.
+Every setting is trained with several seeds (:func:`run_seed` per seed); ``synthetic_report`` turns the runs into
+metrics, the across-seed summary and the generated conclusions.
 """
 
 from __future__ import annotations
 
-import json
-import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,11 @@ class Experiment:
     analysis: AnalysisConfig
     checkpoint_root: str
     figures_root: str
+    seeds: tuple[int, ...] = (0,)  # training seeds: one model per seed, the same analysis sequences for all
+
+    def train_for(self, seed: int) -> TrainConfig:
+        """The training configuration of one seed (its checkpoint is keyed by every parameter, the seed included)."""
+        return replace(self.train, seed=seed)
 
     @property
     def figures_dir(self) -> Path:
@@ -75,6 +80,7 @@ class Experiment:
             "model": asdict(self.model),
             "train": asdict(self.train),
             "analysis": asdict(self.analysis),
+            "seeds": list(self.seeds),
         }
 
 
@@ -87,8 +93,12 @@ def make_experiment(
     analysis: dict | None = None,
     checkpoint_root: str = "data/models/synthetic",
     figures_root: str = "reports/figures/synthetic",
+    seeds: list[int] | None = None,
 ) -> Experiment:
-    """Validate every parameter (as papermill passes them) before anything is trained."""
+    """Validate every parameter (as papermill passes them) before anything is trained.
+
+    ``seeds``: the training seeds (default ``[0]``); each trains its own model (checkpoints reused per seed). The seed
+    is given here, not as ``train.seed``, so that one parameter file names every run it stands for."""
     if not isinstance(experiment, str) or not experiment or "/" in experiment:
         raise ParameterError(f"parameter experiment={experiment!r}; allowed: a non-empty name without '/'")
     if task_params is not None and not isinstance(task_params, dict):
@@ -99,6 +109,7 @@ def make_experiment(
     an = dict(check_keys("analysis", analysis or {}, AnalysisConfig.__dataclass_fields__))
     if "length_multipliers" in an and isinstance(an["length_multipliers"], list):
         an["length_multipliers"] = tuple(an["length_multipliers"])
+    seeds = check_seeds(seeds, tr)
     return Experiment(
         name=experiment,
         task=t,
@@ -107,13 +118,58 @@ def make_experiment(
         analysis=AnalysisConfig(**an),
         checkpoint_root=checkpoint_root,
         figures_root=figures_root,
+        seeds=seeds,
     )
 
 
-def train_experiment(exp: Experiment, progress: bool = True) -> TrainResult:
+def check_seeds(seeds: Any, train_params: dict) -> tuple[int, ...]:
+    if seeds is None:
+        return (int(train_params.get("seed", 0)),)
+    if "seed" in train_params:
+        raise ParameterError(f"parameters seeds={seeds!r} and train.seed={train_params['seed']!r} are both given; "
+                             "allowed: the list `seeds` only")
+    if not isinstance(seeds, (list, tuple)) or not seeds:
+        raise ParameterError(f"parameter seeds={seeds!r}; allowed: a non-empty list of distinct integers >= 0")
+    for s in seeds:
+        check_int("seeds[]", s, minimum=0, where="synthetic")
+    if len(set(seeds)) != len(seeds):
+        raise ParameterError(f"parameter seeds={seeds!r} repeats a seed; allowed: distinct integers >= 0")
+    return tuple(int(s) for s in seeds)
+
+
+def train_experiment(exp: Experiment, seed: int | None = None, progress: bool = True) -> TrainResult:
+    """Train the model of one seed (default: the first), or reuse its checkpoint."""
     from .paths import resolve
 
-    return train(exp.task, exp.model, exp.train, checkpoint_root=resolve(exp.checkpoint_root), progress=progress)
+    cfg = exp.train_for(exp.seeds[0] if seed is None else seed)
+    return train(exp.task, exp.model, cfg, checkpoint_root=resolve(exp.checkpoint_root), progress=progress)
+
+
+@dataclass
+class SeedRun:
+    """Everything measured on the model of one training seed (the analysis sequences are the same for every seed)."""
+
+    seed: int
+    result: TrainResult
+    accuracy: pd.DataFrame  # per length multiplier
+    aucs: pd.DataFrame  # Δ scores on the test sequences, with bootstrap intervals
+    dev_aucs: pd.DataFrame  # the same on the dev sequences (the probes' training sequences): they choose
+    probes: pd.DataFrame
+    probas: dict[str, dict[str, np.ndarray]]
+    train_delta: "DeltaSet"
+    test_delta: "DeltaSet"
+
+
+def run_seed(exp: Experiment, seed: int, progress: bool = True) -> SeedRun:
+    """Train (or reuse) the model of ``seed``, then measure accuracy, Δ AUCs (dev and test) and the probes."""
+    result = train_experiment(exp, seed=seed, progress=progress)
+    acc = accuracy_by_length(result.model, exp)
+    train_set, test_set = sample_sets(exp)
+    train_delta, test_delta = delta_on(result.model, train_set), delta_on(result.model, test_set)
+    aucs = auc_table(test_delta, exp)
+    dev_aucs = auc_table(train_delta, exp, bootstrap=False)
+    probes, probas = probe_table(train_delta, test_delta, exp)
+    return SeedRun(seed, result, acc, aucs, dev_aucs, probes, probas, train_delta, test_delta)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,14 +218,14 @@ def sample_sets(exp: Experiment) -> tuple[TaskBatch, TaskBatch]:
     """Probe-training and test sequences, from generators disjoint from the model's training stream."""
     a = exp.analysis
     g = torch.Generator().manual_seed(1_000_003 * (a.seed + 1))
-    return exp.task.sample(a.n_train_sequences, g), exp.task.sample(a.n_test_sequences, g)
+    return exp.task.draw_batch(a.n_train_sequences, g), exp.task.draw_batch(a.n_test_sequences, g)
 
 
 def accuracy_by_length(model: TinyMambaLM, exp: Experiment) -> pd.DataFrame:
     rows = []
     for mult in exp.analysis.length_multipliers:
         task = exp.task.with_seq_len(exp.task.seq_len * mult)
-        batch = task.sample(exp.analysis.n_test_sequences, torch.Generator().manual_seed(77 + mult))
+        batch = task.draw_batch(exp.analysis.n_test_sequences, torch.Generator().manual_seed(77 + mult))
         r = evaluate(model, batch, chunk=64)
         rows.append({"length_multiplier": mult, "seq_len": task.total_len, **r})
     return pd.DataFrame(rows)
@@ -264,123 +320,3 @@ def probe_table(train_set: DeltaSet, test: DeltaSet, exp: Experiment) -> tuple[p
 def _mixed_frame(token_ids: np.ndarray, delta: np.ndarray) -> pd.DataFrame:
     """Categorical token-id columns first (int), then Δ columns (float), for CatBoost."""
     return pd.concat([pd.DataFrame(token_ids).add_prefix("token_"), pd.DataFrame(delta).add_prefix("delta_")], axis=1)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def choose_best_on_dev(dev_aucs: pd.DataFrame, aucs: pd.DataFrame) -> dict[str, dict]:
-    """Per population, the single Δ score (layer, statistic, direction) farthest from 0.5 on the *dev* sequences (the
-    probes' training sequences), reported with its AUC on the test sequences: the test AUC never takes part in the
-    choice. ``direction`` -1: important tokens get smaller Δ on dev (the reported AUC is the raw one, below 0.5 when
-    the direction holds on test)."""
-    best = {}
-    for pop in POPULATIONS:
-        dev = dev_aucs[(dev_aucs.population == pop) & dev_aucs.auc.notna()]
-        if not len(dev):
-            continue
-        top = dev.loc[(dev.auc - 0.5).abs().idxmax()]
-        t = aucs[(aucs.population == pop) & (aucs.layer == top.layer) & (aucs.score == top.score)].iloc[0]
-        best[pop] = {"layer": int(top.layer), "score": top.score, "auc": float(t.auc), "ci_low": float(t.ci_low),
-                     "ci_high": float(t.ci_high), "dev_auc": float(top.auc), "direction": 1 if top.auc >= 0.5 else -1,
-                     "chosen_on": "dev sequences", "candidates": int(len(dev))}
-    return best
-
-
-def collect_metrics(exp: Experiment, result: TrainResult, acc: pd.DataFrame, aucs: pd.DataFrame, probes: pd.DataFrame,
-                    dev_aucs: pd.DataFrame) -> dict[str, Any]:
-    """One flat, JSON-ready record of the experiment: parameters, training outcome, accuracies, AUCs (test; the best
-    single score chosen on the dev sequences, :func:`choose_best_on_dev`), probes."""
-    from importlib.metadata import version
-
-    best = choose_best_on_dev(dev_aucs, aucs)
-    return {
-        "experiment": exp.name,
-        "params": exp.params(),
-        "n_parameters": result.model.n_parameters(),
-        "training": {
-            "reached_target": result.reached_target,
-            "target_loss": exp.train.target_loss,
-            "steps": result.steps,
-            "seconds": round(result.seconds, 2),
-            "final_eval_loss": result.final_eval_loss,
-            "reused_checkpoint": result.reused,
-        },
-        "accuracy": acc.to_dict(orient="records"),
-        "delta_auc": aucs.to_dict(orient="records"),
-        "delta_auc_dev": dev_aucs[["population", "layer", "score", "auc"]].to_dict(orient="records"),
-        "best_delta_auc": best,
-        "probes": probes.to_dict(orient="records"),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "mambapy": version("mambapy"),
-            "catboost": version("catboost"),
-            "deltalens": __import__("deltalens").__version__,
-        },
-    }
-
-
-def save_metrics(metrics: dict[str, Any], directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "metrics.json"
-    path.write_text(json.dumps(_jsonable(metrics), indent=2, allow_nan=True))
-    (directory / "params.json").write_text(json.dumps(_jsonable(metrics["params"]), indent=2))
-    return path
-
-
-from .runinfo import jsonable as _jsonable  # noqa: E402  (one NaN-safe JSON for every part)
-
-
-def conclusions(metrics: dict[str, Any]) -> str:
-    """Markdown findings written from the numbers (nothing typed in advance)."""
-    tr = metrics["training"]
-    lines = []
-    if tr["reached_target"]:
-        lines.append(f"- Training reached answer loss {tr['final_eval_loss']:.1e} < {tr['target_loss']:.0e} in {tr['steps']} steps ({tr['seconds']:.0f} s).")
-    else:
-        lines.append(
-            f"- **Training did not reach the target loss** ({tr['final_eval_loss']:.1e} ≥ {tr['target_loss']:.0e} after "
-            f"{tr['steps']} steps, {tr['seconds']:.0f} s): the Δ analysis below is of an imperfect model."
-        )
-    acc = ", ".join(f"{a['accuracy']:.3f} at {a['length_multiplier']}x length" for a in metrics["accuracy"])
-    lines.append(f"- Held-out answer accuracy: {acc}.")
-    probes = pd.DataFrame(metrics["probes"])
-    for pop, best in metrics["best_delta_auc"].items():
-        sub = probes[probes.population == pop].set_index("features")
-        ctrl = sub[sub.index.str.startswith(("control", "CatBoost control"))]["auc"].to_numpy(dtype=float)
-        ctrl_best = float(np.nanmax(ctrl)) if len(ctrl) and not np.isnan(ctrl).all() else float("nan")
-        delta_probe = float(sub[sub.index.str.startswith("CatBoost on Δ (")]["auc"].iloc[0])
-        both = float(sub.loc["CatBoost on Δ + control", "auc"])
-        ci = "" if best.get("ci_low") is None or np.isnan(best["ci_low"]) else f" (95 % CI {best['ci_low']:.3f}–{best['ci_high']:.3f})"
-        direction = " — inverted: important tokens get *smaller* Δ" if best["auc"] < 0.5 else ""
-        dev = (f" (chosen on the dev sequences, where it reached {best['dev_auc']:.3f}"
-               f"{'; its direction flips on test' if (best['dev_auc'] - 0.5) * (best['auc'] - 0.5) < 0 else ''})"
-               if "dev_auc" in best else "")
-        strength = max(best["auc"] if best.get("direction", 1) > 0 else 1 - best["auc"], delta_probe)
-        verdict = (
-            "Δ beats the controls" if strength > ctrl_best + 0.01
-            else "Δ does **not** beat the controls" if strength < ctrl_best - 0.01
-            else "Δ ties the controls"
-        )
-        internals = {k.split(" (")[0].replace("CatBoost on ", ""): float(v) for k, v in sub["auc"].items()
-                     if k.startswith(("CatBoost on the residual", "CatBoost on B and C"))}
-        qt = sub["auc"].get("CatBoost control: query + token")
-        if internals or qt is not None:
-            parts = [f"{k} {v:.3f}" for k, v in internals.items()]
-            if qt is not None:
-                parts.append(f"control query + token {float(qt):.3f}")
-            others = [v for v in [*internals.values(), float(qt) if qt is not None else float("nan")] if not np.isnan(v)]
-            best_other = max(others) if others else float("nan")
-            special = ("Δ's channels carry more than the other internals / the two visible tokens"
-                       if delta_probe > best_other + 0.01 else
-                       "Δ is **not** special: the same probe on other internals or on the query and token does as well")
-            extra = f" Other probes: {', '.join(parts)} — {special}."
-        else:
-            extra = ""
-        lines.append(
-            f"- Population `{pop}`: the most informative single Δ score is layer {best['layer']} `{best['score']}`, "
-            f"ROC-AUC {best['auc']:.3f}{ci}{direction}{dev}. CatBoost on all Δ channels: {delta_probe:.3f}; best control "
-            f"(token identity / conv window): {ctrl_best:.3f}; Δ + control: {both:.3f}. {verdict}.{extra}"
-        )
-    return "\n".join(lines)

@@ -1,10 +1,11 @@
 """Synthetic tasks with a per-token ground truth of importance.
 
-Every task samples a :class:`TaskBatch`: the model reads ``inputs`` left to right and must emit ``targets`` at the
-``answer`` positions (the output at position t is scored against ``targets[t]``; no shift). ``important`` marks the
-tokens that the model must keep in its state to answer; ``data`` marks the tokens that are *candidates* for being
-important (the non-noise content tokens), so that one can ask the harder question "among the data tokens, which
-ones matter?" -- the only question that a token-identity rule cannot answer by itself.
+Every task draws a :class:`TaskBatch` (``draw_batch``; a "sample" in this project is a dataset record): the model
+reads ``inputs`` left to right and must emit ``targets`` at the ``answer`` positions (the output at position t is
+scored against ``targets[t]``; no shift). ``important`` marks the tokens that the model must keep in its state to
+answer; ``data`` marks the tokens that are *candidates* for being important (the non-noise content tokens), so that
+one can ask the harder question "among the data tokens, which ones matter?" -- the only question that a token-
+identity rule cannot answer by itself.
 
 Tasks (Gu & Dao 2023, appendix E.1, and one added here):
 
@@ -44,7 +45,7 @@ class TaskBatch:
 
 @dataclass(frozen=True)
 class Task:
-    """Base class: a frozen, validated parameter set with a ``sample`` method."""
+    """Base class: a frozen, validated parameter set with a ``draw_batch`` method."""
 
     name: ClassVar[str]
     seq_len: int
@@ -71,7 +72,7 @@ class Task:
     def with_seq_len(self, seq_len: int) -> "Task":
         return replace(self, seq_len=seq_len)
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
+    def draw_batch(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
         raise NotImplementedError
 
 
@@ -107,7 +108,7 @@ class SelectiveCopying(Task):
     def total_len(self) -> int:
         return self.seq_len + 2 * self.n_data
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
+    def draw_batch(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
         B, L, M, A = batch_size, self.seq_len, self.n_data, self.vocab_size_
         body = L + M
         inputs = torch.zeros(B, self.total_len, dtype=torch.long)
@@ -146,7 +147,7 @@ class InductionHeads(Task):
     def total_len(self) -> int:
         return self.seq_len
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
+    def draw_batch(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
         B, T, V = batch_size, self.seq_len, self.vocab_size_
         trigger = V - 1
         inputs = torch.randint(0, V - 1, (B, T), generator=generator)
@@ -194,7 +195,7 @@ class QueryCopying(Task):
                 f"seq_len={self.seq_len} noise positions; allowed: n_keep + n_distractors <= seq_len"
             )
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
+    def draw_batch(self, batch_size: int, generator: torch.Generator) -> TaskBatch:
         B, L, K, C = batch_size, self.seq_len, self.n_classes, self.tokens_per_class
         keep, dis = self.n_keep, self.n_distractors
         n_data = keep + dis

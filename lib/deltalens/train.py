@@ -151,14 +151,14 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, train_cfg.lr_factor)
     g_train = torch.Generator().manual_seed(train_cfg.seed)
-    held_out = task.sample(train_cfg.eval_batch_size, torch.Generator().manual_seed(10_000 + train_cfg.seed))
+    held_out = task.draw_batch(train_cfg.eval_batch_size, torch.Generator().manual_seed(10_000 + train_cfg.seed))
 
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     reached, step, last_eval = False, 0, {"loss": float("nan")}
     bar = tqdm(total=train_cfg.max_steps, desc=f"train {task.name}", disable=not progress, mininterval=2.0)
     while step < train_cfg.max_steps:
-        batch = task.sample(train_cfg.batch_size, g_train)
+        batch = task.draw_batch(train_cfg.batch_size, g_train)
         loss = answer_loss(model(batch.inputs), batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()

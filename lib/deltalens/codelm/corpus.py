@@ -11,9 +11,11 @@ is excluded. Naming one of them in ``distributions`` is a :class:`ParameterError
 of them (``importlib.metadata`` file lists, compared by resolved path) or has the same bytes as one of their files
 (vendored copies, e.g. ``pip/_vendor/requests``) is dropped and listed as skipped.
 
-Files that are not UTF-8, too large or unreadable are skipped and counted, never dropped silently. A stable hash of
-the relative path splits files into train / held-out; the character budget keeps files in the order of another
-stable hash (a deterministic shuffle, so the budget samples the whole library instead of its first letters).
+Bytes become text by :func:`deltalens.source_text.decode_source`, the dataset's rule (UTF-8 only, a leading BOM
+dropped, newlines ``\\n``). Files that are not UTF-8, too large, empty or unreadable are skipped and counted, never
+dropped silently. A stable hash of the relative path splits files into train / held-out; the character budget keeps
+files in the order of another stable hash (a deterministic shuffle, so the budget samples the whole library instead
+of its first letters).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import yaml
 
 from ..params import ParameterError, check_float, check_int
 from ..paths import resolve
+from ..source_text import decode_source
 
 MIN_COPY_BYTES = 64  # shorter files (empty __init__.py, ...) are not treated as copies of an excluded file
 DEFAULT_EXCLUDE_DIRS = ("test", "tests", "idlelib", "turtledemo", "site-packages", "dist-packages", "__pycache__",
@@ -196,21 +199,6 @@ def _distribution_files(name: str, exclude_dirs: set[str]) -> list[tuple[str, Pa
             if not set(rel.split("/")[:-1]) & exclude_dirs and ".dist-info/" not in rel]
 
 
-def _decode(raw: bytes, max_bytes: int) -> tuple[str | None, str | None]:
-    if len(raw) > max_bytes:
-        return None, f"too large ({len(raw)} bytes > max_file_bytes {max_bytes})"
-    if b"\0" in raw:
-        return None, "binary (NUL byte)"
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return None, f"not UTF-8 ({e.reason} at byte {e.start})"
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text.strip():
-        return None, "empty"
-    return text, None
-
-
 def excluded_names(cfg: CorpusConfig) -> list[str]:
     names = list(cfg.exclude_distributions)
     if cfg.exclude_dataset_params is not None:
@@ -242,7 +230,9 @@ def build_corpus(cfg: CorpusConfig) -> Corpus:
             skipped.append({"path": rel, "reason": f"unreadable ({e.strerror})"})
             continue
         digest = hashlib.sha256(raw).hexdigest()
-        text, reason = _decode(raw, cfg.max_file_bytes)
+        text, reason = decode_source(raw, cfg.max_file_bytes)
+        if text is not None and not text.strip():
+            text, reason = None, "empty"
         reason = exclusion.reason(p, digest, len(raw)) or reason
         if reason is not None:
             skipped.append({"path": rel, "reason": reason})

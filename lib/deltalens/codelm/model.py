@@ -16,7 +16,7 @@ same logits and Δ.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -25,20 +25,34 @@ from mambapy.mamba import Mamba, MambaConfig, RMSNorm
 from ..params import ParameterError, check_float, check_int
 
 
+ARCHS = ("mamba1", "mamba2")
+# Mamba-2 only (arch: mamba2); None under mamba1, filled with these defaults under mamba2
+MAMBA2_DEFAULTS = {"head_dim": 64, "n_groups": 1, "chunk_size": 256}
+MAMBA1_ONLY = ("dt_rank",)
+
+
 @dataclass(frozen=True)
 class CodeLMConfig:
+    arch: str = "mamba1"  # mamba1: trained with mambapy, saved as MambaForCausalLM (this module);
+    # mamba2: transformers' own Mamba2ForCausalLM, trained with its PyTorch chunked scan (codelm/mamba2.py)
     d_model: int = 256
     n_layers: int = 4
     d_state: int = 16
     expand: int = 2
     d_conv: int = 4
-    dt_rank: int | str = "auto"  # 'auto' = ceil(d_model / 16), as in mambapy and transformers
+    dt_rank: int | str = "auto"  # 'auto' = ceil(d_model / 16), as in mambapy and transformers (Mamba-1 only)
     tie_embeddings: bool = True
     rms_norm_eps: float = 1e-5
     init_std: float = 0.02  # embedding (and tied head) initialisation; Mamba blocks keep mambapy's own init
+    # (Mamba-2: transformers' initializer_range, i.e. also its Linear layers; mixers keep transformers' own init)
+    head_dim: int | None = None    # Mamba-2: channels per head (heads = d_model * expand / head_dim); default 64
+    n_groups: int | None = None    # Mamba-2: groups sharing B and C; default 1
+    chunk_size: int | None = None  # Mamba-2: chunk length of the SSD scan (speed only, not the function); default 256
 
     def __post_init__(self) -> None:
         where = "model"
+        if self.arch not in ARCHS:
+            raise ParameterError(f"{where}: parameter arch={self.arch!r} is not allowed; allowed: {', '.join(ARCHS)}")
         for name in ("d_model", "n_layers", "d_state", "expand", "d_conv"):
             check_int(name, getattr(self, name), minimum=1, where=where)
         if self.dt_rank != "auto":
@@ -47,8 +61,44 @@ class CodeLMConfig:
             raise ParameterError(f"{where}: parameter tie_embeddings={self.tie_embeddings!r}; allowed: true or false")
         check_float("rms_norm_eps", self.rms_norm_eps, minimum=0, exclusive=True, where=where)
         check_float("init_std", self.init_std, minimum=0, exclusive=True, where=where)
+        if self.arch == "mamba1":
+            for name in MAMBA2_DEFAULTS:
+                if getattr(self, name) is not None:
+                    raise ParameterError(f"{where}: parameter {name}={getattr(self, name)!r} is a Mamba-2 parameter; "
+                                         "allowed: only with arch: mamba2 (or leave it out)")
+            return
+        if self.dt_rank != "auto":
+            raise ParameterError(f"{where}: parameter dt_rank={self.dt_rank!r} is a Mamba-1 parameter (Mamba-2 has "
+                                 "one Δ per head, no low-rank projection); allowed with arch: mamba2: auto")
+        for name, default in MAMBA2_DEFAULTS.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+            check_int(name, getattr(self, name), minimum=1, where=where)
+        if (self.d_model * self.expand) % self.head_dim:
+            raise ParameterError(f"{where}: parameter head_dim={self.head_dim} does not divide d_model * expand = "
+                                 f"{self.d_model * self.expand}; allowed: a divisor of it")
+        if self.n_heads % self.n_groups:
+            raise ParameterError(f"{where}: parameter n_groups={self.n_groups} does not divide the {self.n_heads} "
+                                 "heads; allowed: a divisor of d_model * expand / head_dim")
+
+    @property
+    def n_heads(self) -> int | None:
+        """Mamba-2 heads (None for Mamba-1)."""
+        return None if self.head_dim is None else self.d_model * self.expand // self.head_dim
+
+    def content(self) -> dict:
+        """The parameters that determine the model, for the reuse key: a Mamba-1 model has exactly the dictionary it
+        had before ``arch`` existed (so its checkpoints stay reusable); a Mamba-2 model has ``arch`` and its own
+        parameters, without the Mamba-1-only ``dt_rank``."""
+        d = asdict(self)
+        drop = ("arch", *MAMBA2_DEFAULTS) if self.arch == "mamba1" else MAMBA1_ONLY
+        for k in drop:
+            d.pop(k)
+        return d
 
     def mamba_config(self) -> MambaConfig:
+        if self.arch != "mamba1":
+            raise ValueError(f"mamba_config() is the mambapy config of a Mamba-1 model; this one is {self.arch}")
         return MambaConfig(d_model=self.d_model, n_layers=self.n_layers, dt_rank=self.dt_rank, d_state=self.d_state,
                            expand_factor=self.expand, d_conv=self.d_conv, rms_norm_eps=self.rms_norm_eps,
                            inner_layernorms=False, pscan=True)

@@ -16,7 +16,7 @@ from .context_data import ContextDataConfig
 from .corpus import CorpusConfig
 from .model import CodeLMConfig
 from .tokenizer import TokenizerConfig
-from .train import TrainConfig
+from .train_config import TrainConfig
 
 SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "model": CodeLMConfig, "train": TrainConfig,
             "context": ContextDataConfig}
@@ -55,9 +55,11 @@ class CodeLMParams:
 
     def content_params(self) -> dict:
         """Every parameter that determines the trained model (all but the output directory). A plain model (context
-        share 0) has the key it had before the context section existed, so its checkpoints stay reusable."""
+        share 0) has the key it had before the context section existed, and a Mamba-1 model the key it had before
+        ``model.arch`` existed, so their checkpoints stay reusable."""
         d = asdict(self)
         d.pop("out")
+        d["model"] = self.model.content()  # Mamba-1: without arch and the Mamba-2 parameters (the old key)
         if not self.context.enabled:
             d.pop("context")
         if self.init_from is None:
@@ -88,6 +90,9 @@ def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     if not isinstance(doc, dict) or not isinstance(doc.get("codelm"), dict):
         raise ParameterError(f"{path}: expected a mapping with a 'codelm:' section")
     d = json.loads(json.dumps(doc["codelm"]))  # a deep copy
-    for k, v in (overrides or {}).items():
-        _set_dotted(d, k, v)
-    return CodeLMParams.from_dict(d)
+    try:
+        for k, v in (overrides or {}).items():
+            _set_dotted(d, k, v)
+        return CodeLMParams.from_dict(d)
+    except ParameterError as e:  # name the file: several params files share section and key names
+        raise ParameterError(f"{path}: {e}") from None

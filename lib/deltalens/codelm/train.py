@@ -1,5 +1,8 @@
 """Train the local code LM on CPU: corpus -> tokenizer -> mambapy Mamba LM -> transformers model directory.
 
+``model.arch: mamba2`` trains transformers' own ``Mamba2ForCausalLM`` instead (its PyTorch chunked scan; saved as
+is, no conversion: :mod:`.mamba2`), with the same data, schedule, evaluation and outputs: the Mamba-2 twin.
+
 Training samples windows of ``seq_len + 1`` tokens at seeded random offsets of the train token stream (documents
 joined by ``<|endoftext|>``), AdamW with linear warmup and cosine decay, gradient clipping, float32. It stops at
 ``max_steps`` or after ``max_minutes``; the cosine follows the steps only, so the model never depends on the machine's
@@ -28,66 +31,16 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..params import ParameterError, check_float, check_int
-
-if TYPE_CHECKING:
-    from .params import CodeLMParams
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    seq_len: int = 512
-    batch_size: int = 4  # sequences per optimizer step
-    micro_batch_size: int = 1  # sequences per forward/backward (gradients accumulate): on a CPU the scan's
-    # (micro_batch, seq_len, d_inner, d_state) float32 tensors are far faster while they fit the L3 cache
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
-    warmup_steps: int = 50
-    weight_decay: float = 0.1  # on matrices (Linear, embedding, conv) only, not on norms, biases, A_log, D
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    max_steps: int = 1000
-    max_minutes: float = 15.0
-    eval_every: int = 100
-    eval_tokens: int = 32768  # held-out tokens per evaluation (whole windows of seq_len)
-    eval_batch_size: int = 1
-    threads: int = 2  # torch CPU threads (0: leave torch's default)
-
-    def __post_init__(self) -> None:
-        where = "train"
-        for name in ("seq_len", "batch_size", "micro_batch_size", "max_steps", "eval_every", "eval_tokens",
-                     "eval_batch_size"):
-            check_int(name, getattr(self, name), minimum=1, where=where)
-        if self.batch_size % self.micro_batch_size:
-            raise ParameterError(f"{where}: parameter micro_batch_size={self.micro_batch_size} does not divide "
-                                 f"batch_size={self.batch_size}; allowed: a divisor of batch_size")
-        for name in ("warmup_steps", "threads"):
-            check_int(name, getattr(self, name), minimum=0, where=where)
-        for name in ("lr", "max_minutes"):
-            check_float(name, getattr(self, name), minimum=0, exclusive=True, where=where)
-        for name in ("min_lr_ratio", "weight_decay", "grad_clip"):
-            check_float(name, getattr(self, name), minimum=0, where=where)
-        if self.min_lr_ratio > 1:
-            raise ParameterError(f"{where}: parameter min_lr_ratio={self.min_lr_ratio} is out of range; allowed: 0..1")
-        b = self.betas
-        if not (isinstance(b, (list, tuple)) and len(b) == 2
-                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1 for x in b)):
-            raise ParameterError(f"{where}: parameter betas={b!r}; allowed: two numbers in [0, 1)")
-        object.__setattr__(self, "betas", (float(b[0]), float(b[1])))
-
-    def lr_factor(self, step: int, elapsed_s: float = 0.0) -> float:
-        """Warmup then cosine over ``max_steps`` — by steps only, so the schedule (and the model) never depends on
-        the machine's speed; ``max_minutes`` only stops a run early (recorded as ``stopped_by``)."""
-        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-        progress = min(1.0, step / self.max_steps)
-        return warm * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+from ..params import ParameterError
+from .params import CodeLMParams
+from .train_config import TrainConfig  # re-exported: deltalens.codelm.train.TrainConfig keeps working
 
 
 # ---- data ------------------------------------------------------------------------------------------------------------
@@ -253,7 +206,7 @@ def existing_key(out: Path) -> str | None:
         return None
 
 
-def train_code_lm(params: "CodeLMParams", out: str | Path | None = None, progress: bool = True,
+def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress: bool = True,
                   force: bool = False) -> TrainOutcome:
     """Build corpus and tokenizer, train, convert, save to ``out`` (default ``params.out``); reuse when identical."""
     from ..paths import resolve
@@ -295,15 +248,8 @@ def train_code_lm(params: "CodeLMParams", out: str | Path | None = None, progres
     held_stream = token_stream(encode_documents(tokenizer, corpus.texts("held_out")), eos_id)
     t_tokenizer = time.perf_counter() - t0
 
-    from .model import build_lm, to_transformers
-
-    model = build_lm(params.model, vocab_size=len(tokenizer), seed=params.seed)
-    if init is not None:
-        from transformers import AutoModelForCausalLM
-
-        from .model import load_transformers_weights
-
-        load_transformers_weights(model, AutoModelForCausalLM.from_pretrained(init))
+    token_ids = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
+    model = build_model(params, len(tokenizer), init, token_ids)
     model.train()
     opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
     gen = torch.Generator().manual_seed(params.seed)
@@ -329,7 +275,7 @@ def train_code_lm(params: "CodeLMParams", out: str | Path | None = None, progres
         model, windows, tc.eval_batch_size)
     model.eval()
 
-    hf = to_transformers(model, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id)
+    hf = to_transformers_model(model, params, token_ids)
     with torch.no_grad():  # the saved model is the trained model (checked again after reloading it from disk)
         probe = windows[:1, :-1]
         reference = model(probe)
@@ -353,7 +299,7 @@ def train_code_lm(params: "CodeLMParams", out: str | Path | None = None, progres
             "held_out_tokens": int(held_stream.numel()),
             "train_chars_per_token": corpus.manifest["counts"]["train_chars"] / max(1, train_stream.numel()),
         },
-        "model": {"n_parameters": model.n_parameters(), "architecture": "MambaForCausalLM",
+        "model": {"n_parameters": model.n_parameters(), "architecture": type(hf).__name__,
                   "conversion_max_abs_logit_diff": conversion_diff},
         "trained_length": tc.seq_len,   # tokens per training sequence: evaluation prompts longer than this are
                                         # outside what the model was trained on (the extraction warns)
@@ -374,6 +320,35 @@ def train_code_lm(params: "CodeLMParams", out: str | Path | None = None, progres
     }
     _save(out, hf, tokenizer, summary, corpus.manifest, probe, reference, t_start)
     return TrainOutcome(out, False, summary)
+
+
+def build_model(params: CodeLMParams, vocab_size: int, init: Path | None, token_ids: dict[str, int]) -> nn.Module:
+    """The model to train (``model.arch``): mamba1, a mambapy LM (converted to ``MambaForCausalLM`` at the end);
+    mamba2, transformers' ``Mamba2ForCausalLM`` behind the same interface. Seeded; ``init``: continue that model."""
+    if params.model.arch == "mamba2":
+        from .mamba2 import build_mamba2_lm, load_mamba2_weights
+
+        model = build_mamba2_lm(params.model, vocab_size, params.seed, **token_ids)
+        loader = load_mamba2_weights
+    else:
+        from .model import build_lm, load_transformers_weights
+
+        model = build_lm(params.model, vocab_size=vocab_size, seed=params.seed)
+        loader = load_transformers_weights
+    if init is not None:
+        from transformers import AutoModelForCausalLM
+
+        loader(model, AutoModelForCausalLM.from_pretrained(init))
+    return model
+
+
+def to_transformers_model(model: nn.Module, params: CodeLMParams, token_ids: dict[str, int]):
+    """The transformers model to save: the Mamba-1 model converted exactly, the Mamba-2 model itself."""
+    if params.model.arch == "mamba2":
+        return model.to_transformers()
+    from .model import to_transformers
+
+    return to_transformers(model, **token_ids)
 
 
 def held_out_context_gain(hf, tokenizer, ds, cfg, max_tokens: int) -> dict:

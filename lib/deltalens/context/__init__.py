@@ -5,10 +5,12 @@
     ds = load("data/processed/context")          # validated on load
     ds.sample(0)                                  # one sample with its chunks
 
-Modules: ``sources`` (projects on disk), ``analysis`` (ast: imports -> definitions -> uses per line), ``build``
-(samples, chunks, splits, manifest), ``schema`` (columns, prompt assembly, validation, atomic save, load),
+Modules: ``sources`` (projects on disk), ``ast_index`` (ast: imports -> definitions -> uses per line), ``chunks``
+(cutting and picking context chunks), ``samples`` (completion points and their chunks), ``build`` (parameters, the
+run over all projects: splits, manifest), ``schema`` (columns, prompt assembly, validation, atomic save, load),
 ``jsonl`` (user data), ``long_code_arena`` (JetBrains' LCA adapter), ``verify`` (ground-truth re-verification),
-``stats`` (tables for the notebook). Command line: ``python -m deltalens.context --help``.
+``stats`` (tables, conclusions and the recorded statistics of notebook 00). Command line:
+``python -m deltalens.context --help``.
 """
 
 from .build import BuildParams, ParamsError, build, build_dataset, load_params, manifest_params_match

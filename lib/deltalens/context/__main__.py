@@ -9,9 +9,6 @@ import sys
 from ..params import parse_overrides
 
 
-
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m deltalens.context", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -49,10 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{c['chunks_per_category']}, in {secs:.1f} s -> {args.out or p.out}")
             if args.timing:
                 from ..paths import resolve
+                from ..runinfo import write_json
 
-                t = resolve(args.timing)
-                t.parent.mkdir(parents=True, exist_ok=True)
-                t.write_text(json.dumps({"seconds": round(secs, 3), "counts": c}, indent=1, sort_keys=True) + "\n")
+                write_json(resolve(args.timing), {"seconds": round(secs, 3), "counts": c}, sort_keys=True)
         elif args.cmd == "verify":
             from .schema import load
             from .verify import verify

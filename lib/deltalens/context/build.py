@@ -1,21 +1,16 @@
-"""Build the code-context dataset from real source projects.
+"""Build the code-context dataset from real source projects: parameters, sources -> AST indexes -> samples -> splits
+and manifest, written atomically.
 
-A sample is a completion point: a line of file F in project P that uses a definition of another module of P (found
-by :mod:`.analysis`). Its context chunks, in a seeded random order, are
-
-1. ``relevant``: the definitions (or file windows holding them) of the names the target line uses;
-2. ``related``: code from other modules of P that F imports but whose definitions the line does not use;
-3. ``distractor``: code from modules of P unrelated to F (F does not import them, they do not import F);
-4. ``injected``: code from another project of the same split (known irrelevant; the thesis' construction).
-
-No chunk comes from F itself; non-relevant chunks never define a name the target line uses.
+The jobs live in their own modules: :mod:`.sources` reads projects, :mod:`.ast_index` indexes them, :mod:`.chunks`
+cuts and picks context chunks, :mod:`.samples` chooses completion points and assembles each sample (what the chunk
+categories mean is written there), :mod:`.schema` validates and saves. This module holds the parameters
+(:class:`BuildParams`) and the run over all projects (:func:`build_dataset`, :func:`build`).
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -24,8 +19,10 @@ from pathlib import Path
 import yaml
 
 from ..params import ParameterError
-from .analysis import Definition, ModuleInfo, ProjectIndex
-from .schema import DEFAULT_HEADER, ContextDataset, assemble_prompt, make_frames, save
+from .ast_index import ProjectIndex
+from .chunks import ChunkPools, defines_any  # noqa: F401  (defines_any: also imported from here by callers)
+from .samples import assign_splits, candidate_lines, make_sample, select_candidates
+from .schema import DEFAULT_HEADER, ContextDataset, make_frames, save
 from .sources import Project, SourceError, dir_project, installed_project, repos_dir_projects
 
 
@@ -166,241 +163,7 @@ def _abs(d: str, root: Path) -> Path:
     return q if q.is_absolute() else root / q
 
 
-# ---- chunks -----------------------------------------------------------------------------------------------------
-def _defines_pattern(names) -> re.Pattern | None:
-    names = sorted(set(names))
-    if not names:
-        return None
-    alt = "|".join(re.escape(n) for n in names)
-    return re.compile(rf"^(?:(?:async\s+)?def|class)\s+(?:{alt})\b|^(?:{alt})\s*(?::[^=\n]*)?=(?!=)", re.M)
-
-
-def defines_any(text: str, names) -> bool:
-    """Whether ``text`` holds a top-level (column 0) definition of any of ``names``."""
-    pat = _defines_pattern(names)
-    return bool(pat and pat.search(text))
-
-
-def _cut_lines(lines: list[str], start: int, end: int, budget: int) -> int:
-    """The largest end' <= end such that lines[start:end'] fits the budget (at least one line)."""
-    total, e = 0, start
-    while e < end and (e == start or total + len(lines[e]) <= budget):
-        total += len(lines[e])
-        e += 1
-    return e
-
-
-def _chunk(project: Project, info: ModuleInfo, start: int, end: int, name: str, budget: int,
-           head: int | None = None) -> dict:
-    """Lines [start, end) cut to the budget; when decorators alone exceed it, start at ``head`` (the def line)."""
-    full_end = end
-    end = _cut_lines(info.lines, start, full_end, budget)
-    if head is not None and end <= head:
-        start = head
-        end = _cut_lines(info.lines, start, full_end, budget)
-    text = "".join(info.lines[start:end])
-    return {"project": project.name, "path": info.file.path, "name": name, "start_line": start, "end_line": end,
-            "text": text}
-
-
-def _file_window(project: Project, info: ModuleInfo, budget: int, anchor: int | None = None) -> dict:
-    lines = info.lines
-    if anchor is None:
-        return _chunk(project, info, 0, len(lines), "", budget)
-    end = _cut_lines(lines, anchor, len(lines), budget)
-    total = sum(len(x) for x in lines[anchor:end])
-    start = anchor
-    while start > 0 and total + len(lines[start - 1]) <= budget:
-        start -= 1
-        total += len(lines[start])
-    return {"project": project.name, "path": info.file.path, "name": "", "start_line": start, "end_line": end,
-            "text": "".join(lines[start:end])}
-
-
-class _Pools:
-    """Per project: definitions and modules big enough to be chunks."""
-
-    def __init__(self, index: ProjectIndex, min_chars: int):
-        self.index = index
-        self.defs: dict[str, list[Definition]] = {}
-        for mod, info in sorted(index.modules.items()):
-            ds = [d for _, d in sorted(info.defs.items())
-                  if sum(len(x) for x in info.lines[d.start:d.end]) >= min_chars]
-            if ds:
-                self.defs[mod] = ds
-        self.file_modules = sorted(m for m, info in index.modules.items() if len(info.file.text) >= min_chars)
-
-    def modules_for(self, granularity: str) -> list[str]:
-        return sorted(self.defs) if granularity == "definition" else self.file_modules
-
-
-def _pick_chunk(rng: random.Random, pools: _Pools, mod: str, p: BuildParams, avoid_names: set[str],
-                prefer: list[str] | None = None) -> dict | None:
-    index = pools.index
-    info = index.modules[mod]
-    if p.granularity == "file":
-        c = _file_window(index.project, info, p.chunk_chars)
-        return None if defines_any(c["text"], avoid_names) else c
-    cands = [d for d in pools.defs.get(mod, []) if d.name not in avoid_names]
-    if prefer:
-        preferred = [d for d in cands if d.name in prefer]
-        cands = preferred or cands
-    rng.shuffle(cands)
-    for d in cands:
-        c = _chunk(index.project, info, d.start, d.end, d.name, p.chunk_chars, d.head)
-        if not defines_any(c["text"], avoid_names):
-            return c
-    return None
-
-
-# ---- samples ------------------------------------------------------------------------------------------------------
-def candidate_lines(index: ProjectIndex, p: BuildParams) -> list[tuple[str, int]]:
-    """(module, 0-based line) of every line that can be a target, sorted."""
-    out = []
-    for mod, info in sorted(index.modules.items()):
-        for line in sorted(info.uses):
-            if line in info.import_lines or line == 0:
-                continue
-            t = info.lines[line].rstrip("\n").strip()
-            if p.min_target_chars <= len(t) <= p.max_target_chars and not t.startswith(("#", "@")):
-                out.append((mod, line))
-    return out
-
-
-def select_candidates(cands: list[tuple[str, int]], p: BuildParams, rng: random.Random) -> list[tuple[str, int]]:
-    cands = list(cands)
-    rng.shuffle(cands)
-    per_file: dict[str, int] = {}
-    chosen = []
-    for mod, line in cands:
-        if len(chosen) >= p.samples_per_project:
-            break
-        if per_file.get(mod, 0) >= p.max_samples_per_file:
-            continue
-        per_file[mod] = per_file.get(mod, 0) + 1
-        chosen.append((mod, line))
-    return sorted(chosen)
-
-
-def make_sample(index: ProjectIndex, mod: str, line: int, pools: _Pools, other_pools: list[_Pools],
-                p: BuildParams, split: str, source: str = "builder", line_category: str = "inproject",
-                seed_key: str | None = None) -> tuple[dict, list[dict]] | None:
-    project = index.project
-    info = index.modules[mod]
-    f = info.file
-    sample_id = f"{project.name}:{f.path}:L{line + 1}"
-    rng = random.Random(f"{p.seed}:{seed_key or sample_id}")
-    used = list(info.uses.get(line, []))
-    written = list(info.used_names.get(line, []))
-    used_def_names = {d.name for d in used}
-    chunks: list[dict] = []
-
-    # 1. relevant
-    if p.granularity == "definition":
-        for d in used[: p.max_relevant]:
-            c = _chunk(project, index.modules[d.module], d.start, d.end, d.name, p.chunk_chars, d.head)
-            chunks.append(dict(c, category="relevant", defines=[d.name]))
-    else:
-        by_mod: dict[str, list[Definition]] = {}
-        for d in used:
-            by_mod.setdefault(d.module, []).append(d)
-        for m in list(by_mod)[: p.max_relevant]:
-            c = _file_window(project, index.modules[m], p.chunk_chars, anchor=by_mod[m][0].head)
-            defines = [d.name for d in by_mod[m] if c["start_line"] <= d.head < c["end_line"]]
-            chunks.append(dict(c, category="relevant", defines=defines))
-    relevant_mods = {d.module for d in used}
-
-    # 2. related: modules F imports, whose definitions the line does not use
-    bound_into: dict[str, list[str]] = {}
-    for b in info.bindings.values():
-        if b[0] == "name":
-            d = index.resolve_name(b[1], b[2])
-            if d is not None:
-                bound_into.setdefault(d.module, []).append(d.name)
-    related_mods = sorted((set(info.imports) | set(bound_into)) - relevant_mods - {mod})
-    related_mods = [m for m in related_mods if m in pools.modules_for(p.granularity)]
-    rng.shuffle(related_mods)
-    n_related = 0
-    for m in related_mods:
-        if n_related >= p.max_related:
-            break
-        c = _pick_chunk(rng, pools, m, p, used_def_names, prefer=bound_into.get(m))
-        if c is not None:
-            chunks.append(dict(c, category="related", defines=[]))
-            n_related += 1
-
-    # 3. distractors and 4. injected
-    n_injected = p.n_injected if other_pools else 0
-    n_distractor = p.n_chunks - len(chunks) - n_injected
-    excluded = {mod} | set(info.imports) | set(bound_into) | index.importers.get(mod, set()) | relevant_mods
-    dis_mods = [m for m in pools.modules_for(p.granularity) if m not in excluded]
-    rng.shuffle(dis_mods)
-    for m in dis_mods:
-        if n_distractor <= 0:
-            break
-        c = _pick_chunk(rng, pools, m, p, used_def_names)
-        if c is not None:
-            chunks.append(dict(c, category="distractor", defines=[]))
-            n_distractor -= 1
-    n_injected += max(n_distractor, 0) if other_pools else 0  # not enough distractors: fill with injected code
-    tries = 0
-    seen_inj = set()
-    while n_injected > 0 and other_pools and tries < 50 * p.n_chunks:
-        tries += 1
-        op = rng.choice(other_pools)
-        mods = op.modules_for(p.granularity)
-        if not mods:
-            continue
-        m = rng.choice(mods)
-        if (op.index.project.name, m) in seen_inj:
-            continue
-        c = _pick_chunk(rng, op, m, p, used_def_names)
-        if c is not None:
-            seen_inj.add((op.index.project.name, m))
-            chunks.append(dict(c, category="injected", defines=[]))
-            n_injected -= 1
-    if not any(c["category"] == "relevant" for c in chunks) and source == "builder":
-        return None
-
-    rng.shuffle(chunks)
-    lines = info.lines
-    pstart = line
-    total = 0
-    while pstart > 0 and (pstart == line or total + len(lines[pstart - 1]) <= p.prefix_chars):
-        total += len(lines[pstart - 1])
-        pstart -= 1
-    prefix = "".join(lines[pstart:line])
-    send = _cut_lines(lines, line + 1, len(lines), p.suffix_chars) if line + 1 < len(lines) else line + 1
-    suffix = "".join(lines[line + 1: send]) if p.suffix_chars > 0 else ""
-    if p.suffix_chars > 0 and len(suffix) > p.suffix_chars:
-        suffix = suffix[: p.suffix_chars]
-    prompt, spans, query_start = assemble_prompt(chunks, f.path, prefix, p.header)
-    sample = {
-        "sample_id": sample_id, "source": source, "project": project.name, "project_version": project.version,
-        "split": split, "path": f.path, "target_line": line, "prefix_start_line": pstart,
-        "line_category": line_category, "prefix": prefix, "target": lines[line].rstrip("\n"), "suffix": suffix,
-        "used_names": written, "n_chunks": len(chunks), "prompt": prompt, "query_start": query_start,
-    }
-    rows = []
-    for i, (c, (a, b)) in enumerate(zip(chunks, spans)):
-        rows.append({"sample_id": sample_id, "chunk_index": i, "category": c["category"], "project": c["project"],
-                     "path": c["path"], "name": c["name"], "start_line": c["start_line"], "end_line": c["end_line"],
-                     "defines": c["defines"], "text": c["text"], "char_start": a, "char_end": b})
-    return sample, rows
-
-
-def assign_splits(names: list[str], p: BuildParams) -> dict[str, str]:
-    names = sorted(names)
-    rng = random.Random(f"{p.seed}:split")
-    order = list(names)
-    rng.shuffle(order)
-    n_test = round(len(names) * float(p.test_fraction))
-    if len(names) >= 2:
-        n_test = min(max(n_test, 1), len(names) - 1)
-    test = set(order[:n_test])
-    return {n: ("test" if n in test else "dev") for n in names}
-
-
+# ---- build -----------------------------------------------------------------------------------------------------
 def build_dataset(p: BuildParams, progress: bool = True, root: Path | None = None) -> ContextDataset:
     """Build in memory (see :func:`build` to also write it)."""
     from tqdm.auto import tqdm
@@ -415,7 +178,7 @@ def build_dataset(p: BuildParams, progress: bool = True, root: Path | None = Non
     indices, pools, candidates = {}, {}, {}
     for pr in tqdm(projects, desc="index projects", disable=not progress):
         indices[pr.name] = ProjectIndex(pr)
-        pools[pr.name] = _Pools(indices[pr.name], p.min_chunk_chars)
+        pools[pr.name] = ChunkPools(indices[pr.name], p.min_chunk_chars)
         candidates[pr.name] = candidate_lines(indices[pr.name], p)
     splits = assign_splits([pr.name for pr in projects], p)
     warnings_ = []

@@ -179,17 +179,17 @@ def from_records(records: list[dict], header: str = DEFAULT_HEADER, where: str =
 
 def write_jsonl(ds: ContextDataset, path: str | Path) -> Path:
     """Export a dataset to the JSONL format (round-trips through :func:`load_jsonl`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for i in range(len(ds.samples)):
-            s = ds.sample(i)
-            obj = {k: s[k] for k in ("sample_id", "project", "path", "prefix", "target", "suffix", "split",
-                                     "project_version", "line_category", "used_names", "target_line",
-                                     "prefix_start_line")}
-            obj["chunks"] = [{k: c[k] for k in ("text", "category", "project", "path", "name", "start_line",
-                                                "end_line", "defines")} for c in s["chunks"]]
-            fh.write(json.dumps(obj, ensure_ascii=False, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    from ..runinfo import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for i in range(len(ds.samples)):
+                s = ds.sample(i)
+                obj = {k: s[k] for k in ("sample_id", "project", "path", "prefix", "target", "suffix", "split",
+                                         "project_version", "line_category", "used_names", "target_line",
+                                         "prefix_start_line")}
+                obj["chunks"] = [{k: c[k] for k in ("text", "category", "project", "path", "name", "start_line",
+                                                    "end_line", "defines")} for c in s["chunks"]]
+                fh.write(json.dumps(obj, ensure_ascii=False, sort_keys=True) + "\n")
+
+    return atomic_write(path, write)

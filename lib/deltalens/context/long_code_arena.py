@@ -29,8 +29,10 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from .analysis import ProjectIndex
-from .build import BuildParams, _Pools, assign_splits, make_sample
+from .ast_index import ProjectIndex
+from .build import BuildParams
+from .chunks import ChunkPools
+from .samples import assign_splits, make_sample
 from .schema import ContextDataset, make_frames
 from .sources import memory_project
 
@@ -147,7 +149,7 @@ def from_lca_records(records: Iterable[dict], *, line_categories=("inproject", "
             skipped.append({"record": i, "repo": rec["repo"], "path": path, "reason": reason})
             continue
         loaded.append((i, rec, ProjectIndex(project), project.files[path].module))
-    pools = {i: _Pools(idx, p.min_chunk_chars) for i, _, idx, _ in loaded}
+    pools = {i: ChunkPools(idx, p.min_chunk_chars) for i, _, idx, _ in loaded}
     repos = sorted({rec["repo"] for _, rec, _, _ in loaded})
     splits = assign_splits(repos, p) if split == "by-repo" else {r: split for r in repos}
     samples, chunks, seen = [], [], set()

@@ -10,6 +10,10 @@ The prompt of a sample is ``header(chunk 0) + chunk 0 text + "\\n" + ... + heade
 sits at ``prompt[char_start:char_end]`` (headers and separators are outside the spans) and the query (the prefix)
 at ``prompt[query_start:]``. Validation (:func:`validate`) checks all of it and names the file, row and field of
 any problem.
+
+One module at the ~300-line guideline on purpose: the columns, the prompt assembly, the validation and save / load
+are one contract (save validates against these columns before it writes, load after it reads), and code outside the
+package imports ``load`` and ``dataset_fingerprint`` from here.
 """
 
 from __future__ import annotations

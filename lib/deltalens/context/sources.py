@@ -2,7 +2,9 @@
 
 A :class:`Project` is an in-memory snapshot: every readable ``.py`` file with its module name, text and sha256.
 Files that cannot be used (not UTF-8 / binary, too large, not parseable) are never dropped silently: they are
-listed in ``Project.skipped`` with a reason, and the builder copies that list into the manifest.
+listed in ``Project.skipped`` with a reason, and the builder copies that list into the manifest. Bytes become text
+by :func:`deltalens.source_text.decode_source` (UTF-8 only, a leading BOM dropped, newlines ``\\n``), the same rule
+as the code-LM corpus.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..source_text import decode_source
 
 SKIP_DIRS = {"__pycache__", "node_modules", "site-packages", "venv", "env"}
 
@@ -55,25 +59,6 @@ class Project:
             "n_skipped": len(self.skipped),
             "files": [{"path": p, "sha256": f.sha256, "bytes": f.nbytes} for p, f in sorted(self.files.items())],
         }
-
-
-def normalise_newlines(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def decode_source(raw: bytes, max_bytes: int) -> tuple[str | None, str | None]:
-    """(text, None) or (None, reason)."""
-    if len(raw) > max_bytes:
-        return None, f"too large ({len(raw)} bytes > max_file_bytes={max_bytes})"
-    if b"\x00" in raw:
-        return None, "binary (contains NUL bytes)"
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return None, f"not UTF-8 ({e.reason} at byte {e.start})"
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return normalise_newlines(text), None
 
 
 def parse_error(text: str, path: str) -> str | None:

@@ -3,7 +3,7 @@
 For every sample: the source files still have the manifest's sha256; the prefix is exactly the completion file's
 text before the target line and the target is that line (no answer text in the query); the used names appear on
 the target line. For every chunk: its text is the recorded line range of its file; no chunk comes from the
-completion file; a relevant chunk holds a top-level definition of each name in ``defines`` and a fresh analysis of
+completion file; a relevant chunk holds a top-level definition of each name in ``defines`` and a fresh AST index of
 the completion file resolves the target line to that definition; an injected chunk comes from another project of
 the same split; related and distractor chunks come from the same project and define no name the line uses.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .analysis import ProjectIndex, split_lines
-from .build import defines_any
+from .ast_index import ProjectIndex, split_lines
+from .chunks import defines_any
 from .schema import ContextDataset
 from .sources import Project, dir_project, installed_project
 

@@ -19,6 +19,7 @@ import yaml
 
 from ..params import ParameterError
 from ..paths import resolve
+from ..runinfo import atomic_write
 
 
 def _params(path: str) -> dict:
@@ -68,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         text = json.dumps(endpoint_state(specs), indent=1, sort_keys=True)
         out = resolve(args.out)
         if not out.is_file() or out.read_text() != text:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text)
+            atomic_write(out, lambda tmp: tmp.write_text(text))
             print(f"labeler configuration changed -> {out}")
         return 0
     from ..context import load

@@ -25,7 +25,7 @@ import pandas as pd
 from ..context.schema import dataset_fingerprint
 from ..params import ParameterError, check_choice, check_int, check_keys
 from ..paths import resolve
-from ..runinfo import atomic_write
+from ..runinfo import atomic_write, write_json
 from .base import LabelerUnavailable
 from .manual import export_prompts, import_answers
 from .run import RunReport, answer_stats, answers_to_labels, label_prompts, labels_frame
@@ -130,7 +130,7 @@ def reference_scores(ds, methods: list[str], query_lines: int, cache: str | Path
     scores = score_dataset(ds, methods, query_lines=query_lines, progress=progress)
     if path is not None:
         atomic_write(path, lambda p: scores.to_parquet(p, index=False))
-        path.with_suffix(".json").write_text(json.dumps(key))
+        write_json(path.with_suffix(".json"), key, indent=None)
     return scores
 
 
@@ -245,35 +245,28 @@ def summarize(run: LabelingRun, ds, eval_split: str | None) -> LabelingSummary:
         common_samples=common or [])
 
 
-def _records(df: pd.DataFrame) -> list[dict]:
-    return [{k: (None if isinstance(v, float) and np.isnan(v) else v.item() if hasattr(v, "item") else v)
-             for k, v in r.items()} for r in df.to_dict("records")]
-
-
 def save_run(run: LabelingRun, summary: LabelingSummary, params: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write labels / stats / scores (parquet), metrics.json and params.json into ``out_dir``."""
-    import json
-
+    """Write labels / stats / scores (parquet), metrics.json and params.json into ``out_dir``, each file atomically
+    (:mod:`deltalens.runinfo`; NaN is written as ``null``)."""
     out = resolve(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"labels": out / "labels.parquet", "answers": out / "answer_stats.parquet",
              "metrics": out / "metrics.json", "params": out / "params.json"}
-    run.labels.to_parquet(paths["labels"], index=False)
-    run.stats.to_parquet(paths["answers"], index=False)
+    tables = {"labels": run.labels, "answers": run.stats}
     if run.scores is not None:
         paths["scores"] = out / "reference_scores.parquet"
-        pd.DataFrame(run.scores).to_parquet(paths["scores"], index=False)
-    kappa = summary.kappa.astype(float)
+        tables["scores"] = pd.DataFrame(run.scores)
+    for name, df in tables.items():
+        atomic_write(paths[name], lambda p, df=df: df.to_parquet(p, index=False))
     metrics = {
-        "quality": _records(summary.quality), "quality_common_samples": _records(summary.quality_common),
-        "n_common_samples": len(summary.common_samples), "per_category": _records(summary.per_category),
-        "kappa": {a: {b: (None if np.isnan(kappa.loc[a, b]) else float(kappa.loc[a, b])) for b in kappa.columns}
-                  for a in kappa.index},
-        "cost": _records(summary.cost), "thresholds": run.thresholds,
-        "confusions": {k: v.tolist() for k, v in summary.confusions.items()},
-        "status": _records(run.status), "store_problems": run.store_problems,
+        "quality": summary.quality.to_dict("records"),
+        "quality_common_samples": summary.quality_common.to_dict("records"),
+        "n_common_samples": len(summary.common_samples), "per_category": summary.per_category.to_dict("records"),
+        "kappa": summary.kappa.astype(float).to_dict("index"),
+        "cost": summary.cost.to_dict("records"), "thresholds": run.thresholds,
+        "confusions": summary.confusions,
+        "status": run.status.to_dict("records"), "store_problems": run.store_problems,
         "dataset_fingerprint": run.dataset_fingerprint,
     }
-    paths["metrics"].write_text(json.dumps(metrics, indent=1, default=str))
-    paths["params"].write_text(json.dumps(params, indent=1, default=str))
+    write_json(paths["metrics"], metrics)
+    write_json(paths["params"], params)
     return paths

@@ -1,4 +1,6 @@
-"""Static analysis with :mod:`ast` only: which line of a module uses which definition of another module.
+"""The AST index of a project (:class:`ProjectIndex`), with :mod:`ast` only: which line of a module uses which
+definition of another module. Not an analysis of results (that is :mod:`deltalens.analysis`): the dataset builder,
+the verifier and the Long Code Arena adapter read a project through it.
 
 For every module of a project:
 
@@ -10,6 +12,9 @@ For every module of a project:
   imported with ``from m import name`` (re-exports followed to the module that really defines the name) or through
   an attribute chain on an imported module (``mod.sub.name``). A name shadowed by a local binding (argument,
   assignment, local import, comprehension variable, ...) in an enclosing function or class is not a use.
+
+One module above the ~300-line guideline on purpose: the index runs the use collector on every module, and the
+collector reads the index's bindings and resolves names through it; split, the two halves would import each other.
 """
 
 from __future__ import annotations
