@@ -167,6 +167,14 @@ def test_conclusions_hold_only_when_every_seed_agrees():
     assert "no conclusion: the seeds disagree" in text and "beats in 1 of 2, loses in 1 of 2" in text
     assert "did not reach the target loss** 1e-04 in 1 of 2 seeds: seed 1 (2.0e-04 after 9 steps)" in text
 
+    # seeds that only split between a tie and a loss agree on one thing: Δ never beats the control
+    never = base | {"seeds": [_seed(0, 5, True, 0.5, 0.605, 0.6), _seed(1, 9, True, 0.5, 0.55, 0.7)]}
+    never["across_seeds"] = synthetic_report.across_seeds(never)
+    assert never["across_seeds"]["populations"]["context"]["vs_control"] == {"ties": 1, "loses": 1}
+    text = synthetic_report.conclusions(never)
+    assert "Δ does **not** beat the controls in any seed (ties in 1 of 2, loses in 1 of 2)" in text
+    assert "no conclusion" not in text
+
 
 def test_best_single_score_is_chosen_on_dev_and_reported_on_test():
     import pandas as pd

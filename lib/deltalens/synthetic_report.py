@@ -188,17 +188,24 @@ def _fmt(r: dict[str, float], digits: int = 3) -> str:
     return f"{r['mean']:.{digits}f} ({r['min']:.{digits}f}–{r['max']:.{digits}f})"
 
 
-_VS_CONTROL = {"beats": "Δ beats the controls", "loses": "Δ does **not** beat the controls", "ties": "Δ ties the controls"}
+_VS_CONTROL = {"beats": "Δ beats the controls", "loses": "Δ does **not** beat the controls", "ties": "Δ ties the controls",
+               "never": "Δ does **not** beat the controls in any seed"}
 _VS_OTHERS = {"beats": "Δ's channels carry more than the other internals / the two visible tokens",
               "loses": "Δ is **not** special: the same probe on other internals or on the query and token does better",
-              "ties": "Δ is **not** special: the same probe on other internals or on the query and token does as well"}
+              "ties": "Δ is **not** special: the same probe on other internals or on the query and token does as well",
+              "never": "Δ is **not** special in any seed: the same probe on other internals or on the query and token "
+                       "does as well or better"}
 
 
 def _held(counts: dict[str, int], n: int, words: dict[str, str]) -> str:
+    """The verdict that holds for every seed: one verdict shared by all; 'never beats' when the seeds only split
+    between a tie and a loss (that much holds for all of them); otherwise no conclusion."""
     if len(counts) == 1:
         v = next(iter(counts))
         return f"{words[v]} (in {'all ' if n > 1 else ''}{n} seed{'s' if n > 1 else ''})"
     parts = ", ".join(f"{k} in {c} of {n}" for k, c in counts.items())
+    if "beats" not in counts:
+        return f"{words['never']} ({parts})"
     return f"**no conclusion: the seeds disagree** ({parts})"
 
 
