@@ -35,7 +35,7 @@ SYN_EXT_SUMMARY := reports/synthetic/summary_extended.csv
 .PHONY: help env lab synthetic synthetic-extended all test smoke bench bench-gpu bench-gpu-codestral bench-gpu-tiny clean clean-models lock
 
 help: ## list every target
-	@grep -hE '^[a-zA-Z_/%.-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_/%.-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
 
 env: $(ENV_STAMP) ## create .venv with the pinned requirements, deltalens (editable) and the Jupyter kernel
 

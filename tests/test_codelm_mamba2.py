@@ -123,6 +123,7 @@ def test_tiny_mamba2_trains_saves_reloads_and_continues(tmp_path):
     ctx = load_params(SMOKE, {**TINY_M2, "init_from": str(out), "train.max_steps": 1, "train.seq_len": 256,
                               "context.share": 0.5, "context.stdlib_packages": packages,
                               "context.installed": ["tenacity"], "context.eval_samples": 2,
+                              "context.held_out_fraction": 0.5,
                               "context.build": {"samples_per_project": 2, "n_chunks": 6, "chunk_chars": 300,
                                                 "prefix_chars": 300}})
     cont = train_code_lm(ctx, out=tmp_path / "m2", progress=False)
@@ -153,7 +154,6 @@ def test_continuing_needs_a_mamba2_model_of_the_same_shape(tmp_path):
 def test_codelm_has_no_import_cycle():
     """Static import graph of deltalens.codelm (every import, TYPE_CHECKING and function-level ones included): acyclic;
     ``params`` assembles the sections and never imports ``train``, which imports ``params``."""
-    sys.path.insert(0, str(ROOT / "lib"))
     from deltalens.deps import imported_modules, module_file
 
     pkg = ROOT / "lib/deltalens/codelm"

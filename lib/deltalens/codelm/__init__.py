@@ -9,6 +9,9 @@ Pipeline (``python -m deltalens.codelm train -p params/codelm/default.yaml``, or
 * :mod:`.corpus`    -- Python standard library (and optional distributions), never the evaluation dataset's projects;
 * :mod:`.tokenizer` -- byte-level BPE (``tokenizers``), saved as ``PreTrainedTokenizerFast`` with offset mappings;
 * :mod:`.model`     -- embedding -> ``mambapy`` Mamba -> RMSNorm -> head, and its exact ``MambaForCausalLM`` twin;
+* :mod:`.mamba2`    -- ``model.arch: mamba2``: transformers' own ``Mamba2ForCausalLM`` (Δ per head), trained by the
+  same recipe (``make code-lm-mamba2``: the Mamba-2 twin, optional);
+* :mod:`.train_config` -- the training parameters (imported by ``params`` and ``train``: no import cycle);
 * :mod:`.train`     -- seeded CPU training with a step and a time budget, held-out loss, atomic save, reuse.
 """
 
