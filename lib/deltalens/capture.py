@@ -81,6 +81,11 @@ run per head / per group (Zamba: per-head x_proj parameters), which :class:`SSMI
 
 Mamba-1 transformers models must be in ``eval()`` mode when the CUDA kernels are installed: their training path
 fuses x_proj into one kernel (refused with a RuntimeError during the forward).
+
+Why one module above the ~300-line guideline: about half of it is the per-family adapter table and its
+documentation (which tensor Δ is in each family, with source line numbers); the adapters, `find_mixers` and
+`capture_delta` are one contract — every hook the project installs goes through here — and splitting the table
+from the hooks that read it would scatter the one place a reader checks when a family's Δ looks wrong.
 """
 
 from __future__ import annotations

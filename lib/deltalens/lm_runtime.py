@@ -28,6 +28,10 @@ Batching: sequences are right-padded (the pad positions come after every real to
 real positions see exactly what they see alone; pad positions are cut off before any statistic). A batch holds at
 most ``batch_tokens`` padded tokens; ``auto`` sizes it from the scan's transient memory per token (see
 :func:`auto_batch_tokens`).
+
+Why one module above the ~300-line guideline: it is the single runtime both extraction and filtering call
+(loading, dtype, device, scan path, batch planning, the batched forward with Δ statistics and NLL slices); each piece
+is short, and they share the scan choice kept on the model, so a split would only add imports between them.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ The questions, per layer and per Δ score, on held-out sequences:
 and what the controls (token identity; CatBoost on the token and its short-conv window) achieve on the same tokens.
 Every setting is trained with several seeds (:func:`run_seed` per seed); ``synthetic_report`` turns the runs into
 metrics, the across-seed summary and the generated conclusions.
+
+Why one module slightly above the ~300-line guideline: the experiment's parameters, its runs per seed and the
+tables the notebook draws from one run form one chain (each function takes the previous one's output); the words
+and the across-seed summary already live in :mod:`deltalens.synthetic_report`.
 """
 
 from __future__ import annotations

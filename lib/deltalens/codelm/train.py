@@ -20,6 +20,10 @@ model): transformers ``config.json`` + ``model.safetensors`` + ``generation_conf
 ``training.json`` (parameters, corpus summary, curve, held-out loss, timings, versions) and ``corpus_manifest.json``
 (every file with its sha256, skipped files with reasons). If the directory already holds a model with the same key
 (hash of the parameters and of the corpus content) training is skipped.
+
+Why one module above the ~300-line guideline: the training loop, its held-out evaluation and the atomic
+save / reuse of a model folder share the run's state (model, tokenizer, parameters, outcome); the parameters live in
+:mod:`.train_config`, the Mamba-2 model in :mod:`.mamba2`.
 """
 
 from __future__ import annotations
