@@ -330,8 +330,6 @@ def _stats_reducer(encs: list[Encoded], hidden_attention: int, global_masks: dic
                 m = masses(inp)
                 out.update(ha_prefix_end=m["prefix_end:alpha"], ha_target=m["target:alpha"])
             if layer_masks:
-                from .global_channels import global_token_stats
-
                 out.update(global_token_stats(delta, layer_masks))
             return out
 
@@ -339,6 +337,7 @@ def _stats_reducer(encs: list[Encoded], hidden_attention: int, global_masks: dic
 
     if not global_masks:
         return make(None) if masses is not None else token_stats
+    from .global_channels import global_token_stats
     n_layers = {np.asarray(m).shape[0] for m in global_masks.values()}
     if len(n_layers) != 1:
         raise ValueError(f"global_masks: the shares' masks cover different numbers of layers {sorted(n_layers)}")
