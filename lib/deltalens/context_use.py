@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .chunk_columns import CHUNK_LM, SAMPLES
 from .paths import resolve
 
 CATEGORIES = ("relevant", "related", "distractor", "injected")
@@ -48,7 +49,7 @@ def cluster_bootstrap_mean(values: np.ndarray, samples: np.ndarray, projects: np
 
 def run_samples(ds, run_dir) -> pd.DataFrame:
     """The run's per-sample records joined with split and project."""
-    s = pd.read_parquet(resolve(run_dir) / "samples.parquet")
+    s = pd.read_parquet(resolve(run_dir) / SAMPLES)
     meta = ds.samples.set_index("sample_id")[["split", "project"]]
     return s.join(meta, on="sample_id")
 
@@ -78,7 +79,7 @@ def loo_by_category(ds, run_dir, split: str = "test", n_boot: int = 1000, seed: 
                     helps_threshold: float = 0.01) -> pd.DataFrame:
     """Signed leave-one-out gain per chunk category: mean with its project-clustered CI, the share of chunks that
     help (> ``helps_threshold``) and that hurt (< −``helps_threshold``)."""
-    lm = pd.read_parquet(resolve(run_dir) / "chunk_lm.parquet").dropna(subset=["loss_gain"])
+    lm = pd.read_parquet(resolve(run_dir) / CHUNK_LM).dropna(subset=["loss_gain"])
     cats = ds.chunks[["sample_id", "chunk_index", "category"]]
     meta = ds.samples.set_index("sample_id")[["split", "project"]]
     j = lm.merge(cats, on=["sample_id", "chunk_index"]).join(meta, on="sample_id")

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from .capture import adapter_for, capture_delta, delta_width, find_mixers, mixer_layer_ids
+from .chunk_columns import HIDDEN_ATTENTION
 from .params import ParameterError, check_choice, check_int
 from .paths import resolve
 from .prompts import Encoded
@@ -294,7 +295,7 @@ def _head_nll(head, hidden: torch.Tensor, ids: torch.Tensor, start: int, end: in
     return torch.cat(nll).numpy(), torch.cat(hit).numpy()
 
 
-HIDDEN_ATTENTION_STATS = ("ha_prefix_end", "ha_target")
+HIDDEN_ATTENTION_STATS = HIDDEN_ATTENTION  # the chunk-table contract's names (chunk_columns)
 
 
 def hidden_attention_queries(encs: list[Encoded], prefix_tokens: int) -> dict[str, list[list[int]]]:
