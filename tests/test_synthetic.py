@@ -147,9 +147,11 @@ def test_summary_from_metrics(tmp_path):
 
 
 def test_conclusions_hold_only_when_every_seed_agrees():
-    base = {"experiment": "e", "params": {}}
-    agree = base | {"seeds": [_seed(0, 5, True, 0.2, 0.8, 0.6), _seed(1, 7, True, 0.25, 0.85, 0.6)]}
-    agree["across_seeds"] = synthetic_report.across_seeds(agree)
+    def metrics(*seeds):  # what collect_metrics hands conclusions: the seed records and their across-seed summary
+        m = {"experiment": "e", "params": {}, "seeds": list(seeds)}
+        return m | {"across_seeds": synthetic_report.across_seeds(m)}
+
+    agree = metrics(_seed(0, 5, True, 0.2, 0.8, 0.6), _seed(1, 7, True, 0.25, 0.85, 0.6))
     a = agree["across_seeds"]
     assert a["reached_target"] == 2 and a["steps"] == {"mean": 6.0, "min": 5.0, "max": 7.0}
     pop = a["populations"]["context"]
@@ -160,16 +162,14 @@ def test_conclusions_hold_only_when_every_seed_agrees():
     assert "test ROC-AUC 0.225 (0.200–0.250) — inverted" in text
 
     # one seed where Δ loses to the control: no conclusion, and the failed training is named
-    split = base | {"seeds": [_seed(0, 5, True, 0.45, 0.62, 0.6), _seed(1, 9, False, 0.5, 0.55, 0.7)]}
-    split["across_seeds"] = synthetic_report.across_seeds(split)
+    split = metrics(_seed(0, 5, True, 0.45, 0.62, 0.6), _seed(1, 9, False, 0.5, 0.55, 0.7))
     assert split["across_seeds"]["populations"]["context"]["vs_control"] == {"beats": 1, "loses": 1}
     text = synthetic_report.conclusions(split)
     assert "no conclusion: the seeds disagree" in text and "beats in 1 of 2, loses in 1 of 2" in text
     assert "did not reach the target loss** 1e-04 in 1 of 2 seeds: seed 1 (2.0e-04 after 9 steps)" in text
 
     # seeds that only split between a tie and a loss agree on one thing: Δ never beats the control
-    never = base | {"seeds": [_seed(0, 5, True, 0.5, 0.605, 0.6), _seed(1, 9, True, 0.5, 0.55, 0.7)]}
-    never["across_seeds"] = synthetic_report.across_seeds(never)
+    never = metrics(_seed(0, 5, True, 0.5, 0.605, 0.6), _seed(1, 9, True, 0.5, 0.55, 0.7))
     assert never["across_seeds"]["populations"]["context"]["vs_control"] == {"ties": 1, "loses": 1}
     text = synthetic_report.conclusions(never)
     assert "Δ does **not** beat the controls in any seed (ties in 1 of 2, loses in 1 of 2)" in text
