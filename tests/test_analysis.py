@@ -84,6 +84,12 @@ def pipeline(tmp_path_factory):
         ex.extract(cfg, ds=ds, lm=lm, tokenizer=tok, progress=False)
         ex.merge(cfg.out_dir)
         runs[f"tiny/{order}"] = str(root / order)
+    # a Mamba-2 model (Δ per head) through the same extraction, so notebook 04 meets per-head runs too (issue 14)
+    save_tiny_lm(root / "lm2", list(ds.chunks["text"][:150]), "mamba2")
+    cfg = ex.ExtractConfig(model=str(root / "lm2"), out_dir=str(root / "mamba2"), max_tokens=100_000)
+    ex.extract(cfg, ds=ds, progress=False)
+    ex.merge(cfg.out_dir)
+    runs["tiny2/mamba2"] = str(root / "mamba2")
     (root / "labels").mkdir()
     scores = reference_scores(ds, ["bm25", "tfidf"], 30, progress=False)
     scores.to_parquet(root / "labels/reference_scores.parquet", index=False)
@@ -126,6 +132,15 @@ def test_analysis_notebook_tiny(pipeline):
     best = rec[("Δ best (tiny/context_first)", "relevant")]
     assert (best["column"], best["sign"]) == (col, sign)
     assert best["auc"] == pytest.approx(roc_auc_score(test["relevant"], sign * test[col]))
+    # the per-head (Mamba-2) run goes through the same dev choice and test report
+    assert json.loads((root / "mamba2/run.json").read_text())["key"]["model_facts"]["delta_granularity"] == "head"
+    cands2 = [(c, sg, roc_auc_score(dev["relevant"], sg * dev[c]))
+              for c in an.delta_columns(t, "tiny2/mamba2") + an.within_prompt_columns(t, "tiny2/mamba2")
+              for sg in (1, -1)]
+    col2, sign2, _ = max(cands2, key=lambda x: x[2])
+    best2 = rec[("Δ best (tiny2/mamba2)", "relevant")]
+    assert (best2["column"], best2["sign"]) == (col2, sign2)
+    assert best2["auc"] == pytest.approx(roc_auc_score(test["relevant"], sign2 * test[col2]))
     # leave-one-out ground truth is evaluated where it exists
     assert ("BM25", "helps:tiny/context_first") in rec
     # filtering: the full budget is the full prompt, so its loss is the extraction's own target loss
