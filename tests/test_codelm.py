@@ -210,3 +210,18 @@ def test_bad_parameter_names_it(override, name):
 def test_cli_reports_parameter_errors(capsys):
     assert cli(["train", "-p", SMOKE, "--set", "train.batch_size=0", "--out", "/nonexistent/never"]) == 2
     assert "batch_size" in capsys.readouterr().err
+
+
+def test_part1_and_the_code_lm_build_one_model_class():
+    """Issue 10: the synthetic model and the code LM are one class, ``models.MambaLM``; with the same shape, head
+    and seed both configs give identical weights (so the merge changed no seed's initial weights)."""
+    from deltalens.models import MambaLM, ModelConfig, build_model
+
+    tiny = build_model(ModelConfig(vocab_size=50, d_model=32, n_layers=2), seed=3)
+    code = build_lm(CodeLMConfig(d_model=32, n_layers=2, tie_embeddings=False), vocab_size=50, seed=3)
+    assert type(tiny) is type(code) is MambaLM
+    a, b = tiny.state_dict(), code.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    tied = build_lm(CodeLMConfig(d_model=32, n_layers=2), vocab_size=50, seed=3)
+    assert tied.lm_head.weight is tied.embedding.weight and len(tied.mixers) == 2
+    assert tied.n_parameters() == code.n_parameters() - 50 * 32  # the tied head counts once

@@ -1,6 +1,11 @@
-"""The tiny language model of the synthetic experiments, built on the unmodified ``mambapy.mamba.Mamba``.
+"""The project's one mambapy language model, :class:`MambaLM`, and the synthetic experiments' config for it.
 
     tokens -> Embedding -> mambapy.mamba.Mamba (n_layers ResidualBlocks) -> RMSNorm -> Linear head -> logits
+
+Two configs build it: :class:`ModelConfig` here (the tiny models of part 1, untied head) and
+``deltalens.codelm.model.CodeLMConfig`` (the local code LM: tied head, its own norm epsilon and init scale; exported
+to transformers' ``MambaForCausalLM`` by ``deltalens.codelm.model.to_transformers``). Both build the layers in the same
+order and draw the same random numbers, so a seed gives the weights it gave before the two classes were merged.
 
 ``mambapy.lm.LM`` is deliberately not used: importing it pulls ``mamba2.py`` (needs CUDA-only ``mamba_ssm``), and its
 ``__init__`` re-initialises every Linear (bias 0, std 0.02), which wipes Mamba's Δ initialisation (dt_proj.bias set so
@@ -49,16 +54,25 @@ class ModelConfig:
         )
 
 
-class TinyMambaLM(nn.Module):
-    def __init__(self, config: ModelConfig):
+class MambaLM(nn.Module):
+    """Embedding -> ``mambapy.mamba.Mamba`` -> RMSNorm -> head; the head tied to the embedding when
+    ``tie_embeddings``. ``config``: the project config it was built from (saved with it by :func:`save_model`)."""
+
+    def __init__(self, mamba: MambaConfig, vocab_size: int, *, tie_embeddings: bool = False, init_std: float = 0.02,
+                 config=None):
         super().__init__()
+        check_int("vocab_size", vocab_size, minimum=1, where="model")
         self.config = config
-        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.mamba = Mamba(config.mamba_config())
-        self.norm_f = RMSNorm(config.d_model)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        nn.init.normal_(self.embedding.weight, std=0.02)
-        nn.init.normal_(self.lm_head.weight, std=0.02)
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, mamba.d_model)
+        self.mamba = Mamba(mamba)
+        self.norm_f = RMSNorm(mamba.d_model, mamba.rms_norm_eps)
+        self.lm_head = nn.Linear(mamba.d_model, vocab_size, bias=False)
+        nn.init.normal_(self.embedding.weight, std=init_std)
+        if tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+        else:
+            nn.init.normal_(self.lm_head.weight, std=init_std)
 
     @property
     def mixers(self) -> list[nn.Module]:
@@ -66,19 +80,25 @@ class TinyMambaLM(nn.Module):
         return [layer.mixer for layer in self.mamba.layers]
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # (B, L) -> (B, L, d_model) -> (B, L, vocab_size)
         return self.lm_head(self.norm_f(self.mamba(self.embedding(tokens))))
 
     def n_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in self.parameters())  # a tied weight counts once
 
 
-def build_model(config: ModelConfig, seed: int) -> TinyMambaLM:
+def tiny_lm(config: ModelConfig) -> MambaLM:
+    """The synthetic experiments' model: untied head, mambapy's defaults for everything ``config`` leaves out."""
+    return MambaLM(config.mamba_config(), config.vocab_size, config=config)
+
+
+def build_model(config: ModelConfig, seed: int) -> MambaLM:
     """Seed, then build: the same seed gives the same initial weights."""
     torch.manual_seed(seed)
-    return TinyMambaLM(config)
+    return tiny_lm(config)
 
 
-def save_model(model: TinyMambaLM, directory: str | Path, extra: dict | None = None) -> Path:
+def save_model(model: MambaLM, directory: str | Path, extra: dict | None = None) -> Path:
     """``model.safetensors`` + ``config.json`` (model config and any ``extra`` metadata) in ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -88,9 +108,10 @@ def save_model(model: TinyMambaLM, directory: str | Path, extra: dict | None = N
     return directory
 
 
-def load_model(directory: str | Path) -> TinyMambaLM:
+def load_model(directory: str | Path) -> MambaLM:
+    """A model saved by :func:`save_model` from a :class:`ModelConfig` (the synthetic experiments' checkpoints)."""
     directory = Path(directory)
     meta = json.loads((directory / "config.json").read_text())
-    model = TinyMambaLM(ModelConfig(**meta["model"]))
+    model = tiny_lm(ModelConfig(**meta["model"]))
     model.load_state_dict(load_file(directory / "model.safetensors"))
     return model.eval()

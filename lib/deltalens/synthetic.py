@@ -25,7 +25,7 @@ import torch
 
 from .capture import capture_delta
 from .metrics import auc, bootstrap_auc, catboost_probe, roc
-from .models import ModelConfig, TinyMambaLM
+from .models import MambaLM, ModelConfig
 from .params import ParameterError, check_int, check_keys
 from .scores import DELTA_SCORES, delta_scores, identity_rate, window_features
 from .tasks import Task, TaskBatch, make_task
@@ -195,7 +195,7 @@ class DeltaSet:
 
 
 @torch.no_grad()
-def delta_on(model: TinyMambaLM, batch: TaskBatch, chunk: int = 128) -> DeltaSet:
+def delta_on(model: MambaLM, batch: TaskBatch, chunk: int = 128) -> DeltaSet:
     """Δ, the mixers' inputs and the scan's B / C of every sequence, through hooks (removed afterwards)."""
     from .capture import find_mixers
 
@@ -225,7 +225,7 @@ def sample_sets(exp: Experiment) -> tuple[TaskBatch, TaskBatch]:
     return exp.task.draw_batch(a.n_train_sequences, g), exp.task.draw_batch(a.n_test_sequences, g)
 
 
-def accuracy_by_length(model: TinyMambaLM, exp: Experiment) -> pd.DataFrame:
+def accuracy_by_length(model: MambaLM, exp: Experiment) -> pd.DataFrame:
     rows = []
     for mult in exp.analysis.length_multipliers:
         task = exp.task.with_seq_len(exp.task.seq_len * mult)

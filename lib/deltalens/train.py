@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .models import ModelConfig, TinyMambaLM, build_model, load_model, save_model
+from .models import MambaLM, ModelConfig, build_model, load_model, save_model
 from .params import ParameterError, check_float, check_int
 from .tasks import Task, TaskBatch
 
@@ -66,7 +66,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    model: TinyMambaLM
+    model: MambaLM
     curve: pd.DataFrame  # step, seconds, lr, train_loss, eval_loss (NaN between evaluations), eval_accuracy
     reached_target: bool
     steps: int
@@ -90,7 +90,7 @@ def answer_loss(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: TinyMambaLM, batch: TaskBatch, chunk: int = 256) -> dict[str, float]:
+def evaluate(model: MambaLM, batch: TaskBatch, chunk: int = 256) -> dict[str, float]:
     """Answer-position loss, per-answer accuracy and whole-sequence accuracy (all answers right)."""
     was_training = model.training
     model.eval()

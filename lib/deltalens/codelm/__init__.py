@@ -16,10 +16,10 @@ Pipeline (``python -m deltalens.codelm train -p params/codelm/default.yaml``, or
 """
 
 from .corpus import Corpus, CorpusConfig, build_corpus
-from .model import CodeLMConfig, CodeMambaLM, build_lm, to_transformers, transformers_config
+from .model import CodeLMConfig, build_lm, to_transformers, transformers_config
 from .params import CodeLMParams, load_params
 from .tokenizer import TokenizerConfig, train_tokenizer
-from .train import TrainConfig, TrainOutcome, train_code_lm
+from .train import CodeLMTrainConfig, TrainOutcome, train_code_lm
 
 
 def load_code_lm(path: str = "data/models/code-lm"):
@@ -33,7 +33,7 @@ def load_code_lm(path: str = "data/models/code-lm"):
 
 
 __all__ = [
-    "CodeLMConfig", "CodeLMParams", "CodeMambaLM", "Corpus", "CorpusConfig", "TokenizerConfig", "TrainConfig",
+    "CodeLMConfig", "CodeLMParams", "Corpus", "CorpusConfig", "TokenizerConfig", "CodeLMTrainConfig",
     "TrainOutcome", "build_corpus", "build_lm", "load_code_lm", "load_params", "to_transformers",
     "train_code_lm", "train_tokenizer", "transformers_config",
 ]

@@ -1,4 +1,5 @@
-"""The code LM trained with mambapy, and its exact conversion to transformers' ``MambaForCausalLM``.
+"""The code LM's config (:class:`CodeLMConfig`, building the project's one mambapy LM, ``deltalens.models.MambaLM``),
+and the exact conversion of such a model to transformers' ``MambaForCausalLM``.
 
     tokens -> Embedding -> mambapy.mamba.Mamba (n_layers x [RMSNorm -> MambaBlock, + residual]) -> RMSNorm -> lm_head
 
@@ -20,8 +21,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
-from mambapy.mamba import Mamba, MambaConfig, RMSNorm
+from mambapy.mamba import MambaConfig
 
+from ..models import MambaLM
 from ..params import ParameterError, check_float, check_int
 
 
@@ -104,35 +106,12 @@ class CodeLMConfig:
                            inner_layernorms=False, pscan=True)
 
 
-class CodeMambaLM(nn.Module):
-    """Embedding -> ``mambapy.mamba.Mamba`` -> RMSNorm -> head (tied to the embedding when ``tie_embeddings``)."""
-
-    def __init__(self, config: CodeLMConfig, vocab_size: int):
-        super().__init__()
-        check_int("vocab_size", vocab_size, minimum=1, where="model")
-        self.config = config
-        self.vocab_size = vocab_size
-        self.embedding = nn.Embedding(vocab_size, config.d_model)
-        self.mamba = Mamba(config.mamba_config())
-        self.norm_f = RMSNorm(config.d_model, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False)
-        nn.init.normal_(self.embedding.weight, std=config.init_std)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.embedding.weight
-        else:
-            nn.init.normal_(self.lm_head.weight, std=config.init_std)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm_f(self.mamba(self.embedding(tokens))))
-
-    def n_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())  # a tied weight counts once
-
-
-def build_lm(config: CodeLMConfig, vocab_size: int, seed: int) -> CodeMambaLM:
-    """Seed, then build: the same seed gives the same initial weights."""
+def build_lm(config: CodeLMConfig, vocab_size: int, seed: int) -> MambaLM:
+    """Seed, then build the Mamba-1 code LM (``deltalens.models.MambaLM``, head tied to the embedding when
+    ``tie_embeddings``): the same seed gives the same initial weights."""
     torch.manual_seed(seed)
-    return CodeMambaLM(config, vocab_size)
+    return MambaLM(config.mamba_config(), vocab_size, tie_embeddings=config.tie_embeddings, init_std=config.init_std,
+                   config=config)
 
 
 # ---- conversion ------------------------------------------------------------------------------------------------------
@@ -150,7 +129,7 @@ def _hf_key(key: str) -> str:
 
 def transformers_config(lm: nn.Module, use_mambapy: bool = False, **token_ids: int | None):
     """The ``transformers.MambaConfig`` equivalent to ``lm`` (anything shaped embedding -> mambapy Mamba -> norm_f
-    -> lm_head, e.g. :class:`CodeMambaLM` or ``deltalens.models.TinyMambaLM``). ``token_ids``: pad/bos/eos ids."""
+    -> lm_head: ``deltalens.models.MambaLM``, whichever config built it). ``token_ids``: pad/bos/eos ids."""
     from transformers import MambaConfig as HFMambaConfig
 
     mc: MambaConfig = lm.mamba.config

@@ -16,9 +16,9 @@ from .context_data import ContextDataConfig
 from .corpus import CorpusConfig
 from .model import CodeLMConfig
 from .tokenizer import TokenizerConfig
-from .train_config import TrainConfig
+from .train_config import CodeLMTrainConfig
 
-SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "model": CodeLMConfig, "train": TrainConfig,
+SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "model": CodeLMConfig, "train": CodeLMTrainConfig,
             "context": ContextDataConfig}
 
 
@@ -30,7 +30,7 @@ class CodeLMParams:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: CodeLMConfig = field(default_factory=CodeLMConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: CodeLMTrainConfig = field(default_factory=CodeLMTrainConfig)
     context: ContextDataConfig = field(default_factory=ContextDataConfig)  # share 0: a plain code LM
 
     def __post_init__(self) -> None:

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from ..params import ParameterError
 from .params import CodeLMParams
-from .train_config import TrainConfig  # re-exported: deltalens.codelm.train.TrainConfig keeps working
+from .train_config import CodeLMTrainConfig  # re-exported for callers of deltalens.codelm.train
 
 
 # ---- data ------------------------------------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def held_out_windows(stream: torch.Tensor, seq_len: int, max_tokens: int) -> tor
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, windows: torch.Tensor, batch_size: int) -> float:
+def held_out_loss(model: nn.Module, windows: torch.Tensor, batch_size: int) -> float:
     """Mean next-token cross-entropy (nats/token) over every position of ``windows``."""
     was_training = model.training
     model.eval()
@@ -138,7 +138,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def train_loop(model: nn.Module, opt: torch.optim.Optimizer, train_stream: torch.Tensor, windows: torch.Tensor,
-               tc: TrainConfig, gen: torch.Generator, progress: bool = True, contexts: list[torch.Tensor] | None = None,
+               tc: CodeLMTrainConfig, gen: torch.Generator, progress: bool = True, contexts: list[torch.Tensor] | None = None,
                share: float = 0.0, starts: list[int] | None = None) -> tuple[list[dict], str, float]:
     """Optimizer steps until ``max_steps`` or ``max_minutes``: (curve rows, what stopped it, seconds)."""
     curve: list[dict[str, Any]] = []
@@ -168,7 +168,7 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, train_stream: torch
         if grad_norm is not None:
             row["grad_norm"] = float(grad_norm)
         if step % tc.eval_every == 0:
-            row["held_out_loss"] = evaluate(model, windows, tc.eval_batch_size)
+            row["held_out_loss"] = held_out_loss(model, windows, tc.eval_batch_size)
             bar.set_postfix(held_out=f"{row['held_out_loss']:.3f}")
         curve.append(row)
     bar.close()
@@ -275,7 +275,7 @@ def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress:
     curve, stopped_by, train_seconds = train_loop(model, opt, train_stream, windows, tc, gen, progress, contexts,
                                                   params.context.share, starts)
     step = curve[-1]["step"]
-    final = curve[-1]["held_out_loss"] if "held_out_loss" in curve[-1] else evaluate(
+    final = curve[-1]["held_out_loss"] if "held_out_loss" in curve[-1] else held_out_loss(
         model, windows, tc.eval_batch_size)
     model.eval()
 

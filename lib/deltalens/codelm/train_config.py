@@ -11,7 +11,10 @@ from ..params import ParameterError, check_float, check_int
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class CodeLMTrainConfig:
+    """How the code LM is trained: sized in steps of token windows, with a held-out loss. Not the synthetic
+    experiments' ``deltalens.train.TrainConfig``, which trains until a target answer loss on task batches."""
+
     seq_len: int = 512
     batch_size: int = 4  # sequences per optimizer step
     micro_batch_size: int = 1  # sequences per forward/backward (gradients accumulate): on a CPU the scan's
