@@ -8,7 +8,8 @@ Measured per scan (``sequential``: transformers' loop over tokens; ``mambapy``: 
 size (``--batch-tokens``, in padded tokens per forward, ``auto`` being what extraction uses): median seconds over
 ``--repeats`` interleaved rounds, tokens/s, and the ratio to the sequential path at the same batch size. The chunk
 statistics of the two paths are compared on the same prompts (max relative difference): the path changes speed,
-never Δ.
+never Δ. With ``--extract-samples N``, ``extract()`` itself (what ``make extract`` runs: groups of at most 8 samples,
+their leave-one-out variants batched) is timed per batch size too, interleaved, on N samples with leave-one-out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +39,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--scans", default="sequential,mambapy")
     ap.add_argument("--batch-tokens", default="1024,auto", help="comma-separated: padded tokens per forward or auto")
+    ap.add_argument("--extract-samples", type=int, default=0,
+                    help="also time extract() (leave-one-out on) on this many samples per batch size")
     ap.add_argument("--out", default="reports/bench/cpu_scan.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -75,16 +79,34 @@ def main(argv=None) -> dict:
         rel = [np.max(np.abs(x[k] - y[k]) / (np.abs(x[k]) + 1e-12)) for ra, rb in zip(a, b)
                for x, y in zip(ra.stats, rb.stats) for k in x]
         diff = float(max(rel))
+    extract_rows = []
+    if args.extract_samples:
+        rt.set_scan(lm, "auto")
+        ext: dict = {str(b): [] for b in budgets}
+        for _ in range(args.repeats):
+            for b in budgets:
+                with tempfile.TemporaryDirectory() as d:
+                    cfg_x = ex.ExtractConfig(out_dir=d, max_samples=args.extract_samples, leave_one_out=True,
+                                             max_tokens=1024, truncation="drop_chunks", batch_tokens=b)
+                    t = time.perf_counter()
+                    summary = ex.extract(cfg_x, ds=ds, lm=lm, tokenizer=tok, progress=False)
+                    ext[str(b)].append((time.perf_counter() - t, summary.tokens))
+        for b, v in ext.items():
+            med = statistics.median(x[0] for x in v)
+            extract_rows.append({"batch_tokens": b, "seconds": med, "tokens_per_second": v[0][1] / med})
     result = {"model": args.model, "facts": rt.model_facts(lm), "threads": args.threads,
               "machine": platform.processor() or platform.machine(), "samples": len(encs), "tokens": tokens,
               "mean_tokens_per_prompt": tokens / len(encs), "repeats": args.repeats, "rows": rows,
-              "max_relative_stat_difference": diff}
+              "max_relative_stat_difference": diff,
+              "extract": extract_rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     for r in rows:
         print(f"{r['scan']:>10} batch {r['batch_tokens']:>5} ({r['resolved_batch_tokens']:>6}): "
               f"{r['tokens_per_second']:8.0f} tokens/s  x{r['speedup_vs_sequential']:.2f} vs sequential")
+    for r in extract_rows:
+        print(f"extract() batch {r['batch_tokens']:>5}: {r['seconds']:7.1f} s  {r['tokens_per_second']:8.0f} tokens/s")
     print(f"max relative difference of the statistics between {scans}: {diff:.2e}")
     return result
 

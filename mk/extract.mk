@@ -32,7 +32,7 @@ kaggle-pull: | $(ENV_STAMP) ## fetch the Kaggle run's outputs into data/kaggle/ 
 
 bench-extract: $(CODELM) $(DATASET) $(DATASET_LOCAL) | $(ENV_STAMP) ## capture overhead, peak memory, tokens/s of the extraction; CPU scan and batch size -> reports/bench/
 	$(PY) bench/bench_extract.py --out reports/bench/extract.json
-	$(PY) bench/bench_cpu_scan.py --batch-tokens 1024,8192,auto --out reports/bench/cpu_scan.json
+	$(PY) bench/bench_cpu_scan.py --batch-tokens 1024,8192,auto --extract-samples 16 --out reports/bench/cpu_scan.json
 
 clean-delta: ## remove extracted Δ (data/processed/delta/) and its executed notebooks
 	rm -rf data/processed/delta $(EXECUTED)/03_extract_delta

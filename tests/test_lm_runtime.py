@@ -238,3 +238,26 @@ def test_gpu_scale_benchmark_tiny_mamba2_shape(ds_dir, tmp_path):
     b = saved["steps"]["chunked: batched"]
     assert b["tokens_per_second_capture"] > 0 and b["capture_time_ratio"] > 0
     assert np.isfinite(saved["steps"]["float16 check"]["chunked"]["target_loss"])
+
+
+def test_cpu_scan_benchmark_runs_and_both_paths_give_the_same_statistics(ds, ds_dir, tmp_path):
+    """bench/bench_cpu_scan.py on a tiny Mamba: a row per scan x batch size, extract() timed per batch size, and the
+    two scan paths' chunk statistics equal (the path changes speed, never Δ)."""
+    import importlib.util
+
+    lm_dir = save_tiny_lm(tmp_path / "lm", list(ds.chunks["text"][:150]), "mamba")
+    spec = importlib.util.spec_from_file_location("bench_cpu_scan", project_root() / "bench/bench_cpu_scan.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "cpu_scan.json"
+    r = bench.main(["--model", str(lm_dir), "--dataset", str(ds_dir), "--samples", "4", "--repeats", "1",
+                    "--threads", "1", "--batch-tokens", "512,auto", "--extract-samples", "2", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["samples"] == 4 and saved["tokens"] > 0
+    assert {(row["scan"], row["batch_tokens"]) for row in saved["rows"]} == {
+        (s, b) for s in ("sequential", "mambapy") for b in ("512", "auto")}
+    assert all(row["tokens_per_second"] > 0 for row in saved["rows"])
+    assert all(row["speedup_vs_sequential"] == 1.0 for row in saved["rows"] if row["scan"] == "sequential")
+    assert [row["batch_tokens"] for row in saved["extract"]] == ["512", "auto"]
+    assert all(row["seconds"] > 0 for row in saved["extract"])
+    assert saved["max_relative_stat_difference"] < 1e-4 and r["max_relative_stat_difference"] == saved["max_relative_stat_difference"]

@@ -61,9 +61,10 @@ FAMILY_SCANS = {"mambapy": ("mambapy",), "mamba": ("cuda_kernels", "mambapy", "s
                 "falcon_mamba": ("cuda_kernels", "mambapy", "sequential"), "jamba": ("cuda_kernels", "sequential"),
                 "zamba": ("cuda_kernels", "sequential"), **{f: ("cuda_kernels", "chunked") for f in MAMBA2_FAMILIES}}
 HALF = (torch.bfloat16, torch.float16)
-CPU_BATCH_BYTES = 2**30              # transient scan memory allowed per forward on the CPU: ~9,400 padded tokens for
-# the local code LM. Larger batches are slower on a CPU (cache): 28,000-token batches ran at 0.80x the speed of
-# 1,000-8,000-token ones (bench/bench_cpu_scan.py, 2 cores); 3 GiB before this measurement
+CPU_BATCH_BYTES = 3 * 2**30          # transient scan memory allowed per forward on the CPU (~28,000 padded tokens for
+# the local code LM). bench/bench_cpu_scan.py: one forward of 28,000 tokens ran at 0.80-0.99x the speed of
+# 1,000-9,400-token ones, but extract() (groups of <= 8 samples) gained nothing reliable from a 1 GiB cap (+4 % and
+# +29 % in two interleaved runs; a make-all rerun with it was slower): the budget `make all` was timed with stays.
 GPU_FREE_SHARE = 0.6                 # share of the free GPU memory a forward's transient tensors may take
 
 
