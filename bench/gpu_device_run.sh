@@ -18,11 +18,11 @@ else
   card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | awk '{print tolower($NF)}'); tiny=""
 fi
 python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/device.txt"
-for shape in "${@:-mamba-codestral-7b falcon-mamba-7b}"; do
-  for s in $shape; do
-    extra=""
-    [ "$s" = falcon-mamba-7b ] && extra="--scans mambapy,cuda_kernels"  # the sequential loop was measured before
-    python bench/bench_gpu_scale.py --shape "$s" $extra $tiny --repeats 3 --unbatched-samples 2 --samples 4 --loo-samples 2 \
-      --out "$OUT/${card}_${s}.json" 2>&1 | tee "$OUT/${card}_${s}.log" | cut -c1-300
-  done
+shapes=("$@")
+[ ${#shapes[@]} -eq 0 ] && shapes=(mamba-codestral-7b falcon-mamba-7b)
+for s in "${shapes[@]}"; do
+  extra=""
+  [ "$s" = falcon-mamba-7b ] && extra="--scans mambapy,cuda_kernels"  # the sequential loop was measured before
+  python bench/bench_gpu_scale.py --shape "$s" $extra $tiny --repeats 3 --unbatched-samples 2 --samples 4 --loo-samples 2 \
+    --out "$OUT/${card}_${s}.json" 2>&1 | tee "$OUT/${card}_${s}.log" | cut -c1-300
 done

@@ -202,12 +202,18 @@ def test_old_use_mambapy_parameter_gets_a_clear_message():
         ex.ExtractConfig(batch_tokens=0).check()
 
 
-def test_gpu_scale_benchmark_tiny_runs_on_the_cpu(ds, ds_dir, tmp_path):
+def _bench_module(name: str):
+    """A benchmark script of bench/ (not a package) imported as a module."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_gpu_scale", project_root() / "bench/bench_gpu_scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    spec = importlib.util.spec_from_file_location(name, project_root() / f"bench/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_scale_benchmark_tiny_runs_on_the_cpu(ds, ds_dir, tmp_path):
+    bench = _bench_module("bench_gpu_scale")
     out = tmp_path / "gpu.json"
     r = bench.main(["--tiny", "--dataset", str(ds_dir), "--samples", "2", "--out", str(out)])
     saved = json.loads(out.read_text())
@@ -226,11 +232,7 @@ def test_gpu_scale_benchmark_tiny_runs_on_the_cpu(ds, ds_dir, tmp_path):
 
 def test_gpu_scale_benchmark_tiny_mamba2_shape(ds_dir, tmp_path):
     """--shape mamba-codestral-7b: the same benchmark on a Mamba-2 model (Δ per head, the chunked scan)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_gpu_scale", project_root() / "bench/bench_gpu_scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module("bench_gpu_scale")
     out = tmp_path / "gpu_m2.json"
     bench.main(["--tiny", "--shape", "mamba-codestral-7b", "--dataset", str(ds_dir), "--samples", "2", "--out", str(out)])
     saved = json.loads(out.read_text())
@@ -243,12 +245,8 @@ def test_gpu_scale_benchmark_tiny_mamba2_shape(ds_dir, tmp_path):
 def test_cpu_scan_benchmark_runs_and_both_paths_give_the_same_statistics(ds, ds_dir, tmp_path):
     """bench/bench_cpu_scan.py on a tiny Mamba: a row per scan x batch size, extract() timed per batch size, and the
     two scan paths' chunk statistics equal (the path changes speed, never Δ)."""
-    import importlib.util
-
     lm_dir = save_tiny_lm(tmp_path / "lm", list(ds.chunks["text"][:150]), "mamba")
-    spec = importlib.util.spec_from_file_location("bench_cpu_scan", project_root() / "bench/bench_cpu_scan.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module("bench_cpu_scan")
     out = tmp_path / "cpu_scan.json"
     r = bench.main(["--model", str(lm_dir), "--dataset", str(ds_dir), "--samples", "4", "--repeats", "1",
                     "--threads", "1", "--batch-tokens", "512,auto", "--extract-samples", "2", "--out", str(out)])
