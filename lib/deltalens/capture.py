@@ -330,11 +330,12 @@ def _looks_like_mixer(module: nn.Module) -> bool:
     )
 
 
-def find_mixers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def find_mixers(model: nn.Module, required: bool = True) -> list[tuple[str, nn.Module]]:
     """Every selective-SSM mixer in ``model``, in forward order, each of a supported family (:data:`ADAPTERS`).
 
     A module that looks like a mixer (``A_log`` and ``dt_bias`` / ``dt_proj`` / ``in_proj`` ...) but whose class is no
-    supported family is refused rather than skipped, and so is a model with no mixer at all.
+    supported family is refused rather than skipped, and so is a model with no mixer at all unless ``required`` is
+    False (an attention-only LM: no Δ, an empty list).
     """
     found = []
     for name, m in model.named_modules():
@@ -354,7 +355,7 @@ def find_mixers(model: nn.Module) -> list[tuple[str, nn.Module]]:
                 "not the layout this capture was written for"
             )
         found.append((name, m))
-    if not found:
+    if not found and required:
         raise ValueError(
             f"{type(model).__name__} has no Mamba mixer of a supported family; supported: {supported_families()}"
         )

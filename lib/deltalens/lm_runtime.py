@@ -156,7 +156,13 @@ def trained_length(lm) -> int | None:
 
 
 def model_facts(lm) -> dict:
-    mixers = find_mixers(lm)
+    mixers = find_mixers(lm, required=False)
+    if not mixers:  # no SSM layer (an attention-only LM): nothing to capture
+        hidden = int(getattr(lm.config, "hidden_size", 0) or lm.get_input_embeddings().weight.shape[1])
+        return {"architecture": type(lm).__name__, "n_layers": 0, "d_inner": hidden, "layer_ids": [],
+                "delta_width": 0, "delta_granularity": None, "mixer_family": None, "d_state": 1,
+                "dtype": str(next(lm.parameters()).dtype).replace("torch.", ""),
+                "n_parameters": int(sum(p.numel() for p in lm.parameters())), "trained_length": trained_length(lm)}
     m0 = mixers[0][1]
     adapter = adapter_for(m0)  # never None: find_mixers refuses mixers without an adapter
     d_state = getattr(m0, "ssm_state_size", None) or getattr(m0, "d_state", None) or int(m0.A_log.shape[-1])
@@ -208,7 +214,15 @@ def set_scan(lm, scan: str | bool = "auto") -> ScanChoice:
         raise ParameterError(f"parameter scan={scan!r}: mamba_ssm / causal_conv1d are importable here, and transformers "
                              "then always runs their kernels; use scan: auto (or cuda_kernels), or uninstall them to "
                              f"run the {scan} path")
-    mixer0 = find_mixers(lm)[0][1]
+    mixers = find_mixers(lm, required=False)
+    if not mixers:  # an LM without any SSM (e.g. the attention-only sanity code LM): no Δ, no scan to choose
+        if scan != "auto":
+            raise ParameterError(f"parameter scan={scan!r}: {type(lm).__name__} has no Mamba mixer, so no scan path; "
+                                 "allowed: auto")
+        choice = ScanChoice("none", str(dtype).replace("torch.", ""), None, device, kernels)
+        lm._deltalens_scan = choice
+        return choice
+    mixer0 = mixers[0][1]
     family = adapter_for(mixer0).family  # find_mixers refuses mixers without an adapter
     offered = FAMILY_SCANS[family]
     if scan != "auto" and scan not in offered:
@@ -226,7 +240,7 @@ def set_scan(lm, scan: str | bool = "auto") -> ScanChoice:
         else:
             scan = "sequential"
     on = scan == "mambapy"
-    for _, mixer in find_mixers(lm):
+    for _, mixer in mixers:
         if hasattr(mixer, "use_mambapy"):
             mixer.use_mambapy = on
     if hasattr(lm.config, "use_mambapy"):
@@ -250,8 +264,8 @@ def auto_batch_tokens(lm, choice: ScanChoice | None = None, free_bytes: int | No
     a few d_inner-sized ones. The budget: a share of the free GPU memory, or a fixed amount on the CPU."""
     choice = choice or scan_of(lm)
     f = model_facts(lm)
-    per_token = 4 * f["d_inner"] * ({"sequential": 3, "mambapy": 8, "cuda_kernels": 1, "chunked": 2}[choice.scan]
-                                     * f["d_state"] + 8)
+    per_token = 4 * f["d_inner"] * ({"sequential": 3, "mambapy": 8, "cuda_kernels": 1, "chunked": 2,
+                                      "none": 8}[choice.scan] * f["d_state"] + 8)
     if free_bytes is None:
         if choice.device == "cuda":
             free_bytes = int(torch.cuda.mem_get_info(next(lm.parameters()).device)[0] * GPU_FREE_SHARE)

@@ -123,17 +123,27 @@ def context_sequences(ds, tokenizer, cfg: ContextDataConfig, max_tokens: int,
     for sid in ids:
         sample = ds.sample(sid)
         for order in cfg.orders:
-            try:
-                enc = encode(tokenizer, sample, LayoutPolicy(order, cfg.query_chars, max_tokens, "drop_chunks"))
-            except ParameterError:
-                try:
-                    enc = encode(tokenizer, sample, LayoutPolicy(order, cfg.query_chars, max_tokens, "left"))
-                except ParameterError:
-                    skipped.append(f"{sid} ({order})")
-                    continue
-            out.append(enc.input_ids[0])
-            starts.append(enc.prefix_tokens[0] if cfg.loss == "query" and enc.prefix_tokens else 0)
+            tokens, start = encode_prompt(tokenizer, sample, order, cfg.query_chars, max_tokens, cfg.loss)
+            if tokens is None:
+                skipped.append(f"{sid} ({order})")
+                continue
+            out.append(tokens)
+            starts.append(start)
     return out, skipped, starts
+
+
+def encode_prompt(tokenizer, sample: dict, order: str, query_chars: int, max_tokens: int,
+                  loss: str = "all") -> tuple[torch.Tensor | None, int]:
+    """(tokens, first scored position) of ``sample`` in the evaluation layout at most ``max_tokens`` long: leading
+    chunks dropped first, as the extraction truncates, then the prompt's start cut; (None, 0) when the target line
+    does not fit at all. The scored position is 0, or with ``loss: query`` the start of the file prefix."""
+    for truncation in ("drop_chunks", "left"):
+        try:
+            enc = encode(tokenizer, sample, LayoutPolicy(order, query_chars, max_tokens, truncation))
+        except ParameterError:
+            continue
+        return enc.input_ids[0], (enc.prefix_tokens[0] if loss == "query" and enc.prefix_tokens else 0)
+    return None, 0
 
 
 def summary(ds, seqs: list[torch.Tensor], skipped: list[str]) -> dict:

@@ -17,9 +17,9 @@ projections, a conv bias, float32 residuals, Δ initialised in [0.001, 0.1], no 
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
-from ..params import ParameterError, check_int
+from ..params import check_int
+from .hf_lm import TransformersLM, load_same_architecture
 from .model import CodeLMConfig
 
 
@@ -48,27 +48,7 @@ def mamba2_config(config: CodeLMConfig, vocab_size: int, **token_ids: int | None
     )
 
 
-class CodeMamba2LM(nn.Module):
-    """A ``Mamba2ForCausalLM`` behind the trainer's interface: ``forward(tokens) -> logits`` (no cache),
-    ``n_parameters()``; ``hf`` is the model that is saved."""
-
-    def __init__(self, hf):
-        super().__init__()
-        self.hf = hf
-        self.config = hf.config
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.hf(input_ids=tokens, use_cache=False).logits
-
-    def n_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())  # a tied weight counts once
-
-    def to_transformers(self):
-        """The trained ``Mamba2ForCausalLM`` itself (float32, eval mode)."""
-        return self.hf.float().eval()
-
-
-def build_mamba2_lm(config: CodeLMConfig, vocab_size: int, seed: int, **token_ids: int | None) -> CodeMamba2LM:
+def build_mamba2_lm(config: CodeLMConfig, vocab_size: int, seed: int, **token_ids: int | None) -> TransformersLM:
     """Seed, then build with transformers' initialisation: the same seed gives the same initial weights."""
     from transformers import Mamba2ForCausalLM
 
@@ -76,22 +56,10 @@ def build_mamba2_lm(config: CodeLMConfig, vocab_size: int, seed: int, **token_id
     hf = Mamba2ForCausalLM(mamba2_config(config, vocab_size, **token_ids)).float()
     if config.tie_embeddings and hf.lm_head.weight is not hf.backbone.embeddings.weight:
         raise RuntimeError("transformers did not tie lm_head to the embeddings")
-    return CodeMamba2LM(hf)
+    return TransformersLM(hf)
 
 
-def load_mamba2_weights(lm: CodeMamba2LM, saved) -> CodeMamba2LM:
+def load_mamba2_weights(lm: TransformersLM, saved) -> TransformersLM:
     """Copy a saved ``Mamba2ForCausalLM``'s weights into ``lm`` (to continue training it): every parameter must have
     its counterpart of the same shape, so ``init_from`` must name a Mamba-2 code LM with the same model parameters."""
-    arch = type(saved).__name__
-    if arch != "Mamba2ForCausalLM":
-        raise ParameterError(f"codelm: parameter init_from names a {arch}; model.arch: mamba2 continues a "
-                             "Mamba2ForCausalLM (a Mamba-2 code LM this project trained)")
-    src = saved.state_dict()
-    state = {}
-    for k, v in lm.hf.state_dict().items():
-        if k not in src or src[k].shape != v.shape:
-            raise ParameterError(f"codelm: parameter init_from: the saved model has no {k!r} of shape "
-                                 f"{tuple(v.shape)}; init_from must name a model with the same model parameters")
-        state[k] = src[k].detach().float().clone()
-    lm.hf.load_state_dict(state)
-    return lm
+    return load_same_architecture(lm, saved, "Mamba2ForCausalLM", "model.arch: mamba2")

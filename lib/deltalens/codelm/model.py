@@ -27,16 +27,21 @@ from ..models import MambaLM
 from ..params import ParameterError, check_float, check_int
 
 
-ARCHS = ("mamba1", "mamba2")
-# Mamba-2 only (arch: mamba2); None under mamba1, filled with these defaults under mamba2
+ARCHS = ("mamba1", "mamba2", "hybrid", "attention")
+# Mamba-2 only (arch: mamba2 and the hybrid's Mamba-2 layers); None under mamba1, filled with these defaults
 MAMBA2_DEFAULTS = {"head_dim": 64, "n_groups": 1, "chunk_size": 256}
 MAMBA1_ONLY = ("dt_rank",)
+# attention layers (arch: hybrid, attention); None elsewhere, filled with these defaults there
+ATTENTION_DEFAULTS = {"n_attention_heads": 4, "intermediate_size": 512}
+SSM_ONLY = ("d_state", "expand", "d_conv")
 
 
 @dataclass(frozen=True)
 class CodeLMConfig:
     arch: str = "mamba1"  # mamba1: trained with mambapy, saved as MambaForCausalLM (this module);
-    # mamba2: transformers' own Mamba2ForCausalLM, trained with its PyTorch chunked scan (codelm/mamba2.py)
+    # mamba2: transformers' own Mamba2ForCausalLM, trained with its PyTorch chunked scan (codelm/mamba2.py);
+    # hybrid: transformers' BambaForCausalLM, Mamba-2 layers with attention layers at attn_layers (codelm/hybrid.py);
+    # attention: transformers' LlamaForCausalLM, the attention-only sanity model (codelm/hybrid.py)
     d_model: int = 256
     n_layers: int = 4
     d_state: int = 16
@@ -50,6 +55,9 @@ class CodeLMConfig:
     head_dim: int | None = None    # Mamba-2: channels per head (heads = d_model * expand / head_dim); default 64
     n_groups: int | None = None    # Mamba-2: groups sharing B and C; default 1
     chunk_size: int | None = None  # Mamba-2: chunk length of the SSD scan (speed only, not the function); default 256
+    attn_layers: tuple[int, ...] | None = None  # hybrid: indices of the attention layers (the rest are Mamba-2)
+    n_attention_heads: int | None = None  # hybrid / attention: heads of each attention layer; default 4
+    intermediate_size: int | None = None  # hybrid / attention: the MLP after every mixer / attention; default 512
 
     def __post_init__(self) -> None:
         where = "model"
@@ -63,11 +71,36 @@ class CodeLMConfig:
             raise ParameterError(f"{where}: parameter tie_embeddings={self.tie_embeddings!r}; allowed: true or false")
         check_float("rms_norm_eps", self.rms_norm_eps, minimum=0, exclusive=True, where=where)
         check_float("init_std", self.init_std, minimum=0, exclusive=True, where=where)
-        if self.arch == "mamba1":
+        uses_attention = self.arch in ("hybrid", "attention")
+        for name in ("attn_layers", *ATTENTION_DEFAULTS):
+            if getattr(self, name) is not None and not uses_attention:
+                raise ParameterError(f"{where}: parameter {name}={getattr(self, name)!r} is an attention parameter; "
+                                     "allowed: only with arch: hybrid or attention (or leave it out)")
+        if uses_attention:
+            for name, default in ATTENTION_DEFAULTS.items():
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, default)
+                check_int(name, getattr(self, name), minimum=1, where=where)
+            if self.d_model % self.n_attention_heads:
+                raise ParameterError(f"{where}: parameter n_attention_heads={self.n_attention_heads} does not divide "
+                                     f"d_model={self.d_model}; allowed: a divisor of d_model")
+        if self.arch == "hybrid":
+            layers = self.attn_layers
+            if (not isinstance(layers, (list, tuple)) or not layers
+                    or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers)
+                    or len(set(layers)) != len(layers) or not all(0 <= i < self.n_layers for i in layers)
+                    or len(layers) >= self.n_layers):
+                raise ParameterError(f"{where}: parameter attn_layers={layers!r}; allowed: a non-empty list of distinct "
+                                     f"layer indices in 0..{self.n_layers - 1}, fewer than n_layers (the rest are Mamba-2)")
+            object.__setattr__(self, "attn_layers", tuple(sorted(layers)))
+        if self.arch in ("mamba1", "attention"):
             for name in MAMBA2_DEFAULTS:
                 if getattr(self, name) is not None:
                     raise ParameterError(f"{where}: parameter {name}={getattr(self, name)!r} is a Mamba-2 parameter; "
-                                         "allowed: only with arch: mamba2 (or leave it out)")
+                                         "allowed: only with arch: mamba2 or hybrid (or leave it out)")
+            if self.arch == "attention" and self.dt_rank != "auto":
+                raise ParameterError(f"{where}: parameter dt_rank={self.dt_rank!r} is a Mamba-1 parameter; the "
+                                     "attention model has no SSM")
             return
         if self.dt_rank != "auto":
             raise ParameterError(f"{where}: parameter dt_rank={self.dt_rank!r} is a Mamba-1 parameter (Mamba-2 has "
@@ -93,9 +126,16 @@ class CodeLMConfig:
         had before ``arch`` existed (so its checkpoints stay reusable); a Mamba-2 model has ``arch`` and its own
         parameters, without the Mamba-1-only ``dt_rank``."""
         d = asdict(self)
-        drop = ("arch", *MAMBA2_DEFAULTS) if self.arch == "mamba1" else MAMBA1_ONLY
+        drop = {"mamba1": ("arch", *MAMBA2_DEFAULTS), "mamba2": MAMBA1_ONLY,
+                "hybrid": MAMBA1_ONLY, "attention": (*MAMBA1_ONLY, *SSM_ONLY, *MAMBA2_DEFAULTS)}[self.arch]
+        if self.arch != "hybrid":
+            drop = (*drop, "attn_layers")
+        if self.arch not in ("hybrid", "attention"):
+            drop = (*drop, *ATTENTION_DEFAULTS)
         for k in drop:
             d.pop(k)
+        if d.get("attn_layers") is not None:
+            d["attn_layers"] = list(d["attn_layers"])
         return d
 
     def mamba_config(self) -> MambaConfig:

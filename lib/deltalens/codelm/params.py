@@ -14,12 +14,13 @@ from ..params import ParameterError, check_int, check_keys
 from ..paths import resolve
 from .context_data import ContextDataConfig
 from .corpus import CorpusConfig
+from .curriculum import CurriculumConfig
 from .model import CodeLMConfig
 from .tokenizer import TokenizerConfig
 from .train_config import CodeLMTrainConfig
 
 SECTIONS = {"corpus": CorpusConfig, "tokenizer": TokenizerConfig, "model": CodeLMConfig, "train": CodeLMTrainConfig,
-            "context": ContextDataConfig}
+            "context": ContextDataConfig, "curriculum": CurriculumConfig}
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class CodeLMParams:
     model: CodeLMConfig = field(default_factory=CodeLMConfig)
     train: CodeLMTrainConfig = field(default_factory=CodeLMTrainConfig)
     context: ContextDataConfig = field(default_factory=ContextDataConfig)  # share 0: a plain code LM
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)  # all shares 0: no copying curriculum
 
     def __post_init__(self) -> None:
         if not isinstance(self.out, str) or not self.out:
@@ -62,6 +64,10 @@ class CodeLMParams:
         d["model"] = self.model.content()  # Mamba-1: without arch and the Mamba-2 parameters (the old key)
         if not self.context.enabled:
             d.pop("context")
+        if self.curriculum.enabled:  # a model without a curriculum keeps the key it had before the section existed
+            d["curriculum"] = self.curriculum.content()
+        else:
+            d.pop("curriculum")
         if self.init_from is None:
             d.pop("init_from")
         return d

@@ -108,16 +108,19 @@ def sample_mixed(stream: torch.Tensor, contexts: list[torch.Tensor], share: floa
     return out
 
 
-def accumulate_gradients(model: nn.Module, batch: torch.Tensor | list[tuple[torch.Tensor, int]],
-                         micro_batch_size: int) -> torch.Tensor:
+def accumulate_gradients(model: nn.Module, batch, micro_batch_size: int) -> torch.Tensor:
     """Backward of the batch's mean next-token loss, ``micro_batch_size`` windows at a time; returns the loss.
-    A list of (sequence, first scored position) of different lengths (:func:`sample_mixed`) goes one sequence at a
-    time, each weighted equally."""
+    A list of (sequence, first scored position) of different lengths (:func:`sample_mixed`) or of
+    :class:`~.curriculum.Scored` sequences (scored on ``tokens[start:end]``) goes one sequence at a time, each
+    weighted equally."""
     loss = torch.zeros(())
     if isinstance(batch, list):
-        for seq, start in batch:
-            logits = model(seq[None, :-1])
-            part = F.cross_entropy(logits[0, max(start - 1, 0):], seq[max(start, 1):])  # targets from position start
+        for item in batch:
+            seq, start, end = (item.tokens, item.start, item.end) if hasattr(item, "tokens") else (*item, None)
+            start = max(start, 1)
+            end = seq.numel() if end is None else end
+            logits = model(seq[None, :end - 1])
+            part = F.cross_entropy(logits[0, start - 1:end - 1], seq[start:end])  # targets from position start
             (part / len(batch)).backward()
             loss += part.detach() / len(batch)
         return loss
@@ -130,17 +133,24 @@ def accumulate_gradients(model: nn.Module, batch: torch.Tensor | list[tuple[torc
     return loss
 
 
+NO_DECAY_NAMES = ("A_log", "D", "dt_bias")  # the SSM's decay, skip and step bias (official Mamba: _no_weight_decay)
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: never on norms, biases, or the SSM's ``A_log``, ``D``, ``dt_bias`` (by
+    mambapy's ``_no_weight_decay`` mark or by name, whatever their shape)."""
     decay, no_decay = [], []
-    for p in model.parameters():  # a tied weight appears once
-        (decay if p.dim() >= 2 and not getattr(p, "_no_weight_decay", False) else no_decay).append(p)
+    for name, p in model.named_parameters():  # a tied weight appears once
+        ssm = name.rsplit(".", 1)[-1] in NO_DECAY_NAMES or getattr(p, "_no_weight_decay", False)
+        (decay if p.dim() >= 2 and not ssm else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def train_loop(model: nn.Module, opt: torch.optim.Optimizer, train_stream: torch.Tensor, windows: torch.Tensor,
                tc: CodeLMTrainConfig, gen: torch.Generator, progress: bool = True, contexts: list[torch.Tensor] | None = None,
-               share: float = 0.0, starts: list[int] | None = None) -> tuple[list[dict], str, float]:
-    """Optimizer steps until ``max_steps`` or ``max_minutes``: (curve rows, what stopped it, seconds)."""
+               share: float = 0.0, starts: list[int] | None = None, sampler=None) -> tuple[list[dict], str, float]:
+    """Optimizer steps until ``max_steps`` or ``max_minutes``: (curve rows, what stopped it, seconds). ``sampler``
+    (a :class:`~.curriculum.CurriculumSampler`) draws every sequence when given."""
     curve: list[dict[str, Any]] = []
     step, stopped_by = 0, "max_steps"
     t0 = time.perf_counter()
@@ -153,8 +163,12 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, train_stream: torch
         lr = tc.lr * tc.lr_factor(step, elapsed)
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = (sample_mixed(train_stream, contexts, share, tc.seq_len, tc.batch_size, gen, starts) if share > 0 and contexts
-                 else sample_windows(train_stream, tc.seq_len, tc.batch_size, gen))
+        if sampler is not None:
+            batch = [sampler.draw(step / max(1, tc.max_steps - 1)) for _ in range(tc.batch_size)]
+        elif share > 0 and contexts:
+            batch = sample_mixed(train_stream, contexts, share, tc.seq_len, tc.batch_size, gen, starts)
+        else:
+            batch = sample_windows(train_stream, tc.seq_len, tc.batch_size, gen)
         opt.zero_grad(set_to_none=True)
         loss = accumulate_gradients(model, batch, tc.micro_batch_size).item()
         if not math.isfinite(loss):
@@ -272,8 +286,15 @@ def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress:
         if not contexts:
             raise ParameterError("context: the builder made no training prompt; add stdlib_packages / installed")
 
+    sampler = None
+    if params.curriculum.enabled:
+        from .curriculum import CurriculumSampler
+
+        sampler = CurriculumSampler(params.curriculum, train_stream, training_prompts(ctx_ds, params.context),
+                                    tokenizer, params.context.share if ctx_ds is not None else 0.0, tc.seq_len,
+                                    params.context.query_chars, params.context.loss, gen)
     curve, stopped_by, train_seconds = train_loop(model, opt, train_stream, windows, tc, gen, progress, contexts,
-                                                  params.context.share, starts)
+                                                  params.context.share, starts, sampler)
     step = curve[-1]["step"]
     final = curve[-1]["held_out_loss"] if "held_out_loss" in curve[-1] else held_out_loss(
         model, windows, tc.eval_batch_size)
@@ -308,6 +329,8 @@ def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress:
         "trained_length": tc.seq_len,   # tokens per training sequence: evaluation prompts longer than this are
                                         # outside what the model was trained on (the extraction warns)
         "context": context_summary,     # null for a plain code LM
+        "curriculum": None if sampler is None else {"drawn": dict(sorted(sampler.counts.items())),
+                                                    "rename_failures": sampler.rename_failures},
         "init_from": None if init is None else {"path": params.init_from, "key": init_key,
                                                 "training": json.loads((init / "training.json").read_text())["train"]},
         "train": {"steps": step, "stopped_by": stopped_by, "seconds": round(train_seconds, 2),
@@ -328,12 +351,18 @@ def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress:
 
 def build_model(params: CodeLMParams, vocab_size: int, init: Path | None, token_ids: dict[str, int]) -> nn.Module:
     """The model to train (``model.arch``): mamba1, a mambapy LM (converted to ``MambaForCausalLM`` at the end);
-    mamba2, transformers' ``Mamba2ForCausalLM`` behind the same interface. Seeded; ``init``: continue that model."""
+    mamba2 / hybrid / attention, transformers' ``Mamba2ForCausalLM`` / ``BambaForCausalLM`` / ``LlamaForCausalLM``
+    behind the same interface. Seeded; ``init``: continue that model."""
     if params.model.arch == "mamba2":
         from .mamba2 import build_mamba2_lm, load_mamba2_weights
 
         model = build_mamba2_lm(params.model, vocab_size, params.seed, **token_ids)
         loader = load_mamba2_weights
+    elif params.model.arch in ("hybrid", "attention"):
+        from .hybrid import build_transformers_lm, load_transformers_lm_weights
+
+        model = build_transformers_lm(params.model, vocab_size, params.seed, **token_ids)
+        loader = load_transformers_lm_weights
     else:
         from .model import build_lm, load_transformers_weights
 
@@ -348,11 +377,20 @@ def build_model(params: CodeLMParams, vocab_size: int, init: Path | None, token_
 
 def to_transformers_model(model: nn.Module, params: CodeLMParams, token_ids: dict[str, int]):
     """The transformers model to save: the Mamba-1 model converted exactly, the Mamba-2 model itself."""
-    if params.model.arch == "mamba2":
+    if params.model.arch != "mamba1":
         return model.to_transformers()
     from .model import to_transformers
 
     return to_transformers(model, **token_ids)
+
+
+def training_prompts(ds, cfg) -> list[tuple[dict, str]]:
+    """(sample, order) for every training sample (split dev of the training projects) and prompt order: what the
+    curriculum lays out — renamed or not — at each draw."""
+    if ds is None:
+        return []
+    ids = ds.samples.loc[ds.samples["split"] == "dev", "sample_id"]
+    return [(ds.sample(sid), order) for sid in ids for order in cfg.orders]
 
 
 def held_out_context_gain(hf, tokenizer, ds, cfg, max_tokens: int) -> dict:

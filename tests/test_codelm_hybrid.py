@@ -1,0 +1,123 @@
+"""The hybrid (transformers ``BambaForCausalLM``: Mamba-2 layers + attention) and attention-only (``LlamaForCausalLM``)
+code LMs: parameter checks that name the key, a tiny model of each trained through the real trainer with the copying
+curriculum, saved, reloaded, Δ captured on the hybrid's Mamba-2 layers only; the SSM's A_log, D and dt_bias never
+weight-decayed in any family; the copy diagnostics' gradient check on every training path."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from deltalens.capture import capture_delta
+from deltalens.codelm.params import load_params
+from deltalens.params import ParameterError
+
+SMOKE = "params/codelm/smoke.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+TINY_HYBRID = {"model.arch": "hybrid", "model.head_dim": 16, "model.chunk_size": 16, "model.attn_layers": [1],
+               "model.n_attention_heads": 2, "model.intermediate_size": 64, "train.max_steps": 2,
+               "train.eval_every": 2}
+TINY_ATTENTION = {"model.arch": "attention", "model.n_attention_heads": 2, "model.intermediate_size": 64,
+                  "model.d_state": 16, "train.max_steps": 2, "train.eval_every": 2}
+PACKAGES = ["json", "email", "logging", "http", "urllib", "concurrent"]
+CONTEXT = {"context.share": 0.5, "context.stdlib_packages": PACKAGES, "context.installed": ["tenacity"],
+           "context.eval_samples": 2, "context.held_out_fraction": 0.5, "context.loss": "query",
+           "context.build": {"samples_per_project": 2, "n_chunks": 6, "chunk_chars": 300, "prefix_chars": 300},
+           "curriculum.renamed": [1.0, 0.5], "curriculum.spans": [0.3, 0.1], "curriculum.pairs": [0.1, 0.0],
+           "train.seq_len": 256}
+
+
+@pytest.mark.parametrize("override, match", [
+    ({"model.arch": "hybrid", "model.head_dim": 16}, r"attn_layers=None"),
+    ({"model.arch": "hybrid", "model.head_dim": 16, "model.attn_layers": [0, 1]}, r"fewer than n_layers"),
+    ({"model.arch": "hybrid", "model.head_dim": 16, "model.attn_layers": [5]}, r"layer indices in 0..1"),
+    ({"model.attn_layers": [1]}, r"attn_layers=\[1\] is an attention parameter"),
+    ({"model.arch": "attention", "model.n_attention_heads": 3}, r"n_attention_heads=3 does not divide d_model=32"),
+    ({"model.arch": "attention", "model.head_dim": 16}, r"head_dim=16 is a Mamba-2 parameter"),
+    ({"curriculum.spans": [0.9, 0.0], "curriculum.pairs": [0.2, 0.0]}, r"spans \+ pairs"),
+])
+def test_bad_parameters_name_the_key_and_the_file(override, match):
+    with pytest.raises(ParameterError, match=match) as e:
+        load_params(SMOKE, override)
+    assert str(e.value).startswith(str(ROOT / SMOKE) + ": ")
+
+
+def test_keys_of_models_without_the_new_sections_are_unchanged():
+    """A Mamba-1 / Mamba-2 model without a curriculum has no curriculum or attention key in its parameters (so
+    every checkpoint trained before them is reused); the attention model's key has no SSM parameter."""
+    for override in ({}, {"model.arch": "mamba2", "model.head_dim": 16}):
+        c = load_params(SMOKE, override).content_params()
+        assert "curriculum" not in c and not {"attn_layers", "n_attention_heads", "intermediate_size"} & set(c["model"])
+    a = load_params(SMOKE, TINY_ATTENTION).content_params()["model"]
+    assert a["arch"] == "attention" and not {"d_state", "expand", "d_conv", "head_dim", "dt_rank"} & set(a)
+    h = load_params(SMOKE, {**TINY_HYBRID, **CONTEXT}).content_params()
+    assert h["model"]["attn_layers"] == [1] and h["curriculum"]["renamed"] == [1.0, 0.5]
+
+
+@pytest.mark.parametrize("override, architecture", [(TINY_HYBRID, "BambaForCausalLM"),
+                                                    (TINY_ATTENTION, "LlamaForCausalLM")])
+def test_tiny_family_trains_with_the_curriculum_saves_and_reloads(tmp_path, override, architecture):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deltalens.codelm import train_code_lm
+
+    params = load_params(SMOKE, {**override, **CONTEXT, "train.max_steps": 3})
+    res = train_code_lm(params, out=tmp_path / "m", progress=False)
+    meta = json.loads((tmp_path / "m/training.json").read_text())
+    assert meta["model"]["architecture"] == architecture and meta["train"]["steps"] == 3
+    assert meta["model"]["conversion_max_abs_logit_diff"] == 0.0 and meta["model"]["reload_max_abs_logit_diff"] <= 1e-4
+    drawn = meta["curriculum"]["drawn"]
+    assert sum(drawn.values()) == 3 * params.train.batch_size and set(drawn) <= {"renamed", "prompt", "span",
+                                                                                  "pairs", "plain"}
+    assert meta["context"]["held_out_gain"]["samples"] == 2
+    assert train_code_lm(params, out=tmp_path / "m", progress=False).reused
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    assert type(model).__name__ == architecture
+    ids = tok("def f(x):\n    return x + 1\n", return_tensors="pt")["input_ids"]
+    if architecture == "BambaForCausalLM":  # Δ from the Mamba-2 layers only (layer 1 attends)
+        with torch.no_grad(), capture_delta(model) as delta:
+            logits = model(ids).logits
+        assert torch.isfinite(logits).all() and delta.layer_ids == [0] and delta.granularity == ["head"]
+        assert delta.stacked().shape == (1, 1, ids.shape[1], 4)
+    else:
+        with pytest.raises(ValueError, match="has no Mamba mixer of a supported family"):
+            with capture_delta(model):
+                pass
+
+
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2", "hybrid", "attention"])
+def test_ssm_decay_skip_and_step_bias_are_never_weight_decayed(arch):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_copy_diagnostics import build, family_config
+
+    from deltalens.codelm.train import param_groups
+
+    model = build(arch, family_config(arch, 32, 2, tiny=True), 64, seed=0)
+    decayed = {id(p) for p in param_groups(model, 0.1)[0]["params"]}
+    names = [n for n, p in model.named_parameters() if id(p) in decayed]
+    assert names and not [n for n in names if n.rsplit(".", 1)[-1] in ("A_log", "D", "dt_bias")]
+    assert all(p.dim() >= 2 for n, p in model.named_parameters() if id(p) in decayed)
+    if arch != "attention":
+        assert any(n.endswith("A_log") for n, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2", "hybrid", "attention"])
+def test_the_loss_on_a_repeat_reaches_the_first_occurrence_on_every_training_path(arch):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_copy_diagnostics import build, family_config
+
+    from deltalens.codelm.diagnostics import copy_sequences, first_occurrence_gradient
+
+    model = build(arch, family_config(arch, 32, 2, tiny=True), 64, seed=0)
+    stream = torch.randint(0, 64, (4000,), generator=torch.Generator().manual_seed(0))
+    seq, first, repeat = copy_sequences(stream, 8, 40, 1, seed=0)[0]
+    assert torch.equal(seq[first:first + 8], seq[repeat:repeat + 8]) and repeat - first == 48
+    g = first_occurrence_gradient(model, seq, first, repeat, 8)
+    assert g["first_occurrence"] > 0 and g["before"] > 0 and g["loss"] > 0
+    # and nothing after the repeat's inputs can receive gradient (causality): the last target is not an input
+    assert model.training  # train mode restored
