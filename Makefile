@@ -86,6 +86,7 @@ test: $(ENV_STAMP) ## unit tests + every notebook through papermill with tiny pa
 bench: bench-extract bench-dataset bench-gpu-tiny | $(ENV_STAMP) ## every CPU benchmark -> reports/bench/ (GPU: make bench-gpu)
 	$(PY) bench/bench_capture.py --out reports/bench/capture_overhead.json
 	$(PY) bench/bench_time_to_target.py --out reports/bench/time_to_target.csv
+	$(PY) bench/bench_copy_diagnostics.py --cpu-tiny --out reports/bench/copy_diagnostics_tiny.json
 
 bench-gpu: $(DATASET) | $(ENV_STAMP) ## falcon-mamba-7b-shaped random model on a CUDA GPU: paths, tokens/s, memory, hours
 	$(PY) bench/bench_gpu_scale.py --out reports/bench/gpu_scale.json

@@ -50,3 +50,30 @@ $(CODELM_M2): $(CODELM_M2_PARAMS) $(CODELM_M2_PLAIN) $(CODELM_EXCLUDE) $(CODELM_
 code-lm-mamba2-plain: $(CODELM_M2_PLAIN) ## optional: the Mamba-2 twin of code-lm-plain (data/models/code-lm-mamba2-plain/)
 
 code-lm-mamba2: $(CODELM_M2) ## optional: the Mamba-2 twin of code-lm, both stages (data/models/code-lm-mamba2/; not in all)
+
+# ---- the hybrid code LM and the copying curriculum (issue 22; optional, NOT in `make all`) -------------------------------
+# transformers' BambaForCausalLM (Mamba-2 layers + two attention layers): hybrid-plain is its context-blind ablation
+# (plain code windows, the recipe of plain.yaml), hybrid continues it on the copying curriculum (renamed identifiers,
+# repeated spans, identifier pairs, annealed toward plain prompts). make code-lm-bundle writes the training data as
+# files for a run on another machine (bench/gpu_train_codelm.sh on a lent GPU).
+CODELM_HY_PLAIN_PARAMS := params/codelm/hybrid-plain.yaml
+CODELM_HY_PLAIN_DIR    := data/models/code-lm-hybrid-plain
+CODELM_HY_PLAIN        := $(CODELM_HY_PLAIN_DIR)/config.json
+CODELM_HY_PARAMS       := params/codelm/hybrid.yaml
+CODELM_HY_DIR          := data/models/code-lm-hybrid
+CODELM_HY              := $(CODELM_HY_DIR)/config.json
+
+.PHONY: code-lm-hybrid code-lm-hybrid-plain code-lm-bundle
+
+$(CODELM_HY_PLAIN): $(CODELM_HY_PLAIN_PARAMS) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_HY_PLAIN_PARAMS) --out $(CODELM_HY_PLAIN_DIR)
+
+$(CODELM_HY): $(CODELM_HY_PARAMS) $(CODELM_HY_PLAIN) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_HY_PARAMS) --out $(CODELM_HY_DIR)
+
+code-lm-hybrid-plain: $(CODELM_HY_PLAIN) ## optional: the hybrid (Mamba-2 + attention) code LM's context-blind ablation
+code-lm-hybrid: $(CODELM_HY) ## optional: the hybrid code LM on the copying curriculum (continues code-lm-hybrid-plain)
+
+code-lm-bundle: | $(ENV_STAMP) ## the training data of the hybrid recipes as files (data/interim/codelm_bundle*/) for a GPU run
+	$(PY) -m deltalens.codelm bundle -p $(CODELM_HY_PLAIN_PARAMS) --out data/interim/codelm_bundle_plain
+	$(PY) -m deltalens.codelm bundle -p $(CODELM_HY_PARAMS) --out data/interim/codelm_bundle_context

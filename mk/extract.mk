@@ -49,3 +49,15 @@ $(EXTRACT_M2_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_M2_PARAMS) $(CODELM
 	$(PAPERMILL) -f $(EXTRACT_M2_PARAMS) $< $@.tmp && mv $@.tmp $@
 
 extract-mamba2: $(EXTRACT_M2_NB) ## optional: Δ per head from the Mamba-2 twin, context first (data/processed/delta/code-lm-mamba2/)
+
+# ---- optional: Δ per head from the hybrid code LM's Mamba-2 layers (make code-lm-hybrid; NOT in `make all`) ------------
+EXTRACT_HY_PARAMS := params/extract-optional/code-lm-hybrid_context_first.yaml
+EXTRACT_HY_NB     := $(EXECUTED)/03_extract_delta/code-lm-hybrid_context_first.ipynb
+
+.PHONY: extract-hybrid
+
+$(EXTRACT_HY_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HY_PARAMS) $(CODELM_HY) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
+	@mkdir -p $(@D)
+	$(PAPERMILL) -f $(EXTRACT_HY_PARAMS) $< $@.tmp && mv $@.tmp $@
+
+extract-hybrid: $(EXTRACT_HY_NB) ## optional: Δ per head from the hybrid code LM's Mamba-2 layers, context first (data/processed/delta/code-lm-hybrid/)

@@ -121,3 +121,82 @@ def test_the_loss_on_a_repeat_reaches_the_first_occurrence_on_every_training_pat
     assert g["first_occurrence"] > 0 and g["before"] > 0 and g["loss"] > 0
     # and nothing after the repeat's inputs can receive gradient (causality): the last target is not an input
     assert model.training  # train mode restored
+
+
+def test_a_data_bundle_trains_the_same_model_as_building_the_data_here(tmp_path):
+    """``bundle`` writes the corpus and the training prompts; training from it gives the same key and the same
+    weights as training from scratch on this machine; a bundle for other parameters is refused."""
+    from safetensors.torch import load_file
+
+    from deltalens.codelm import train_code_lm
+    from deltalens.codelm.__main__ import main
+    from deltalens.codelm.bundle import read_bundle
+
+    over = {**TINY_HYBRID, **CONTEXT, "train.max_steps": 2}
+    params = load_params(SMOKE, over)
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in over.items()]
+    assert main(["bundle", "-p", SMOKE, "--out", str(tmp_path / "b"), *sets]) == 0
+    assert {p.name for p in (tmp_path / "b").iterdir()} == {"bundle.json", "corpus.parquet", "corpus_manifest.json",
+                                                            "contexts"}
+    direct = train_code_lm(params, out=tmp_path / "direct", progress=False)
+    bundled = train_code_lm(params, out=tmp_path / "bundled", progress=False, bundle=tmp_path / "b")
+    assert direct.summary["key"] == bundled.summary["key"]
+    a, b = load_file(tmp_path / "direct/model.safetensors"), load_file(tmp_path / "bundled/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert direct.summary["curriculum"] == bundled.summary["curriculum"]
+    other = load_params(SMOKE, {**over, "seed": 1})
+    with pytest.raises(ParameterError, match="built for other parameters \\(seed differ"):
+        read_bundle(other, tmp_path / "b")
+    with pytest.raises(ParameterError, match="not a code-LM data bundle"):
+        main_out = tmp_path / "direct"  # a model folder, never overwritten by a bundle
+        from deltalens.codelm.bundle import write_bundle
+
+        write_bundle(params, main_out)
+    assert (tmp_path / "direct/model.safetensors").is_file()
+
+
+def test_the_training_device_is_checked_before_any_work(monkeypatch):
+    params = load_params(SMOKE, {"train.device": "auto"})
+    assert params.train.resolved_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert "device" in params.content_params()["train"]  # a non-CPU request is part of the key
+    assert "device" not in load_params(SMOKE).content_params()["train"]  # cpu: the key it had before
+    with pytest.raises(ParameterError, match="device='gpu' is not allowed"):
+        load_params(SMOKE, {"train.device": "gpu"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ParameterError, match="torch sees no CUDA device"):
+        load_params(SMOKE, {"train.device": "cuda"}).train.resolved_device()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the lent GPU machine)")
+def test_tiny_hybrid_trains_on_cuda_and_saves_a_cpu_model(tmp_path):
+    from deltalens.codelm import train_code_lm
+
+    res = train_code_lm(load_params(SMOKE, {**TINY_HYBRID, "train.device": "cuda"}), out=tmp_path / "m",
+                        progress=False)
+    assert res.summary["train"]["device"] == "cuda" and res.summary["model"]["reload_max_abs_logit_diff"] <= 1e-4
+
+
+def test_the_copy_diagnostics_bench_runs_every_family_on_the_same_batches(tmp_path):
+    """bench/bench_copy_diagnostics.py --cpu-tiny: a row per family with its gradient check (> 0 into the first
+    occurrence), the same drawn sequence kinds for every family, a copy curve per (span, distance) and the
+    instrument check of the attention model."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_copy_diagnostics as bench
+
+    out = tmp_path / "diag.json"
+    res = bench.main(["--cpu-tiny", "--threads", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    fams = res["families"]
+    assert set(fams) == {"mamba1", "mamba2", "hybrid", "attention"}
+    assert len({json.dumps(f["drawn"], sort_keys=True) for f in fams.values()}) == 1  # the same batches
+    for f in fams.values():
+        assert f["gradient_at_init"]["first_occurrence"] > 0 and f["steps"] == 6 and f["seconds_per_step"] > 0
+        assert {(p["span"], p["distance"]) for p in f["copy_after"]} == {(8, 16), (16, 16)}
+        assert all(p["gap_lo"] <= p["gap"] <= p["gap_hi"] for p in f["copy_after"])
+    assert set(res["instrument_check"]) == {"attention_best_gap", "copies"}
+
+
+def test_the_gpu_training_script_parses():
+    import subprocess
+
+    subprocess.run(["bash", "-n", str(ROOT / "bench/gpu_train_codelm.sh")], check=True)

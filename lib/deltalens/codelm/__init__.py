@@ -11,6 +11,10 @@ Pipeline (``python -m deltalens.codelm train -p params/codelm/default.yaml``, or
 * :mod:`.model`     -- embedding -> ``mambapy`` Mamba -> RMSNorm -> head, and its exact ``MambaForCausalLM`` twin;
 * :mod:`.mamba2`    -- ``model.arch: mamba2``: transformers' own ``Mamba2ForCausalLM`` (Δ per head), trained by the
   same recipe (``make code-lm-mamba2``: the Mamba-2 twin, optional);
+* :mod:`.hybrid`    -- ``model.arch: hybrid`` (``BambaForCausalLM``: Mamba-2 + attention layers) and ``attention``
+  (``LlamaForCausalLM``, the instrument check), both behind :mod:`.hf_lm`'s trainer interface;
+* :mod:`.recall`, :mod:`.curriculum` -- the copying curriculum: renamed identifiers, repeated spans, identifier pairs;
+* :mod:`.diagnostics` -- copy curve and first-occurrence gradient; :mod:`.bundle` -- the training data as files;
 * :mod:`.train_config` -- the training parameters (imported by ``params`` and ``train``: no import cycle);
 * :mod:`.train`     -- seeded CPU training with a step and a time budget, held-out loss, atomic save, reuse.
 """

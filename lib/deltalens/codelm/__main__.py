@@ -1,4 +1,4 @@
-"""Command line: ``python -m deltalens.codelm {train,corpus} -p params/codelm/default.yaml ...``."""
+"""Command line: ``python -m deltalens.codelm {train,bundle,corpus} -p params/codelm/default.yaml ...``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a parameter (YAML value), e.g. --set train.max_steps=20")
     t.add_argument("--force", action="store_true", help="train even if an identical model exists")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--bundle", help="read the corpus and training prompts from this data bundle (made by 'bundle')")
+    b = sub.add_parser("bundle", help="write the corpus and training prompts of PARAMS as files, for a run elsewhere")
+    b.add_argument("-p", "--params", default="params/codelm/default.yaml")
+    b.add_argument("--out", required=True, help="the bundle folder")
+    b.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     c = sub.add_parser("corpus", help="print the corpus counts (no training)")
     c.add_argument("-p", "--params", default="params/codelm/default.yaml")
     c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
@@ -35,8 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "train":
             from .train import train_code_lm
 
-            outcome = train_code_lm(p, out=args.out, progress=not args.no_progress, force=args.force)
+            outcome = train_code_lm(p, out=args.out, progress=not args.no_progress, force=args.force,
+                                    bundle=args.bundle)
             print(outcome.describe())
+        elif args.cmd == "bundle":
+            from .bundle import write_bundle
+
+            print(f"data bundle -> {write_bundle(p, args.out)}")
         else:
             from .corpus import build_corpus
 

@@ -64,6 +64,8 @@ class CodeLMParams:
         d["model"] = self.model.content()  # Mamba-1: without arch and the Mamba-2 parameters (the old key)
         if not self.context.enabled:
             d.pop("context")
+        if self.train.device == "cpu":  # the key of a CPU-trained model is the one it had before the option
+            d["train"].pop("device")
         if self.curriculum.enabled:  # a model without a curriculum keeps the key it had before the section existed
             d["curriculum"] = self.curriculum.content()
         else:

@@ -85,7 +85,7 @@ def held_out_loss(model: nn.Module, windows: torch.Tensor, batch_size: int) -> f
     model.eval()
     total, count = 0.0, 0
     for s in range(0, windows.shape[0], batch_size):
-        w = windows[s:s + batch_size]
+        w = windows[s:s + batch_size].to(next(model.parameters()).device)
         logits = model(w[:, :-1])
         total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum"))
         count += w[:, 1:].numel()
@@ -113,10 +113,12 @@ def accumulate_gradients(model: nn.Module, batch, micro_batch_size: int) -> torc
     A list of (sequence, first scored position) of different lengths (:func:`sample_mixed`) or of
     :class:`~.curriculum.Scored` sequences (scored on ``tokens[start:end]``) goes one sequence at a time, each
     weighted equally."""
-    loss = torch.zeros(())
+    device = next(model.parameters()).device
+    loss = torch.zeros((), device=device)
     if isinstance(batch, list):
         for item in batch:
             seq, start, end = (item.tokens, item.start, item.end) if hasattr(item, "tokens") else (*item, None)
+            seq = seq.to(device)
             start = max(start, 1)
             end = seq.numel() if end is None else end
             logits = model(seq[None, :end - 1])
@@ -124,7 +126,7 @@ def accumulate_gradients(model: nn.Module, batch, micro_batch_size: int) -> torc
             (part / len(batch)).backward()
             loss += part.detach() / len(batch)
         return loss
-    for micro in batch.split(micro_batch_size):
+    for micro in batch.to(device).split(micro_batch_size):
         logits = model(micro[:, :-1])
         part = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), micro[:, 1:].reshape(-1))
         weight = micro.shape[0] / batch.shape[0]
@@ -148,9 +150,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def train_loop(model: nn.Module, opt: torch.optim.Optimizer, train_stream: torch.Tensor, windows: torch.Tensor,
                tc: CodeLMTrainConfig, gen: torch.Generator, progress: bool = True, contexts: list[torch.Tensor] | None = None,
-               share: float = 0.0, starts: list[int] | None = None, sampler=None) -> tuple[list[dict], str, float]:
+               share: float = 0.0, starts: list[int] | None = None, sampler=None,
+               on_eval=None) -> tuple[list[dict], str, float]:
     """Optimizer steps until ``max_steps`` or ``max_minutes``: (curve rows, what stopped it, seconds). ``sampler``
-    (a :class:`~.curriculum.CurriculumSampler`) draws every sequence when given."""
+    (a :class:`~.curriculum.CurriculumSampler`) draws every sequence when given; ``on_eval(model) -> dict`` adds
+    to the curve row at every evaluation (the held-out context gain of a transformers-format model)."""
     curve: list[dict[str, Any]] = []
     step, stopped_by = 0, "max_steps"
     t0 = time.perf_counter()
@@ -183,6 +187,8 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, train_stream: torch
             row["grad_norm"] = float(grad_norm)
         if step % tc.eval_every == 0:
             row["held_out_loss"] = held_out_loss(model, windows, tc.eval_batch_size)
+            if on_eval is not None:
+                row.update(on_eval(model))
             bar.set_postfix(held_out=f"{row['held_out_loss']:.3f}")
         curve.append(row)
     bar.close()
@@ -225,8 +231,10 @@ def existing_key(out: Path) -> str | None:
 
 
 def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress: bool = True,
-                  force: bool = False) -> TrainOutcome:
-    """Build corpus and tokenizer, train, convert, save to ``out`` (default ``params.out``); reuse when identical."""
+                  force: bool = False, bundle: str | Path | None = None) -> TrainOutcome:
+    """Build corpus and tokenizer, train, convert, save to ``out`` (default ``params.out``); reuse when identical.
+    ``bundle``: read the corpus and the training prompts from a data bundle (:mod:`.bundle`) instead of building
+    them on this machine."""
     from ..paths import resolve
     from .corpus import build_corpus
     from .tokenizer import encode_documents, train_tokenizer
@@ -234,10 +242,17 @@ def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress:
     t_start = time.perf_counter()
     out = resolve(out or params.out)
     tc = params.train
+    device = tc.resolved_device()  # a cuda request without a GPU fails here, before any work
     if tc.threads:
         torch.set_num_threads(tc.threads)
 
-    corpus = build_corpus(params.corpus)
+    bundled_contexts = None
+    if bundle is not None:
+        from .bundle import read_bundle
+
+        corpus, bundled_contexts = read_bundle(params, bundle)
+    else:
+        corpus = build_corpus(params.corpus)
     init = None
     if params.init_from is not None:
         init = resolve(params.init_from)
@@ -267,7 +282,7 @@ def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress:
     t_tokenizer = time.perf_counter() - t0
 
     token_ids = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
-    model = build_model(params, len(tokenizer), init, token_ids)
+    model = build_model(params, len(tokenizer), init, token_ids).to(device)
     model.train()
     opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
     gen = torch.Generator().manual_seed(params.seed)
@@ -279,7 +294,8 @@ def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress:
         from .corpus import excluded_names
 
         t1 = time.perf_counter()
-        ctx_ds = build_training_contexts(params.context, excluded_names(params.corpus), params.seed)
+        ctx_ds = (bundled_contexts if bundled_contexts is not None
+                  else build_training_contexts(params.context, excluded_names(params.corpus), params.seed))
         contexts, skipped_contexts, starts = context_sequences(ctx_ds, tokenizer, params.context, tc.seq_len + 1,
                                                                split="dev")
         t_context = time.perf_counter() - t1
@@ -293,13 +309,21 @@ def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress:
         sampler = CurriculumSampler(params.curriculum, train_stream, training_prompts(ctx_ds, params.context),
                                     tokenizer, params.context.share if ctx_ds is not None else 0.0, tc.seq_len,
                                     params.context.query_chars, params.context.loss, gen)
+    on_eval = None
+    if ctx_ds is not None and params.model.arch != "mamba1":  # the trained model is the transformers model itself
+
+        def on_eval(m):
+            gain = held_out_context_gain(m.hf, tokenizer, ctx_ds, params.context, tc.seq_len)
+            m.hf.train()
+            return {"held_out_context_gain": gain["context_gain"]}
     curve, stopped_by, train_seconds = train_loop(model, opt, train_stream, windows, tc, gen, progress, contexts,
-                                                  params.context.share, starts, sampler)
+                                                  params.context.share, starts, sampler, on_eval)
     step = curve[-1]["step"]
     final = curve[-1]["held_out_loss"] if "held_out_loss" in curve[-1] else held_out_loss(
         model, windows, tc.eval_batch_size)
     model.eval()
 
+    model.cpu()  # converted, checked and saved on the CPU, wherever it trained
     hf = to_transformers_model(model, params, token_ids)
     with torch.no_grad():  # the saved model is the trained model (checked again after reloading it from disk)
         probe = windows[:1, :-1]
@@ -333,7 +357,8 @@ def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress:
                                                     "rename_failures": sampler.rename_failures},
         "init_from": None if init is None else {"path": params.init_from, "key": init_key,
                                                 "training": json.loads((init / "training.json").read_text())["train"]},
-        "train": {"steps": step, "stopped_by": stopped_by, "seconds": round(train_seconds, 2),
+        "train": {"steps": step, "stopped_by": stopped_by, "seconds": round(train_seconds, 2), "device": device,
+                  "device_name": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
                   "steps_per_second": step / train_seconds if train_seconds else None,
                   "tokens_seen": step * tc.batch_size * tc.seq_len,
                   "epochs": step * tc.batch_size * tc.seq_len / max(1, train_stream.numel())},

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from ..params import ParameterError, check_float, check_int
 
 
+DEVICES = ("cpu", "cuda", "auto")
+
+
 @dataclass(frozen=True)
 class CodeLMTrainConfig:
     """How the code LM is trained: sized in steps of token windows, with a held-out loss. Not the synthetic
@@ -31,6 +34,8 @@ class CodeLMTrainConfig:
     eval_tokens: int = 32768  # held-out tokens per evaluation (whole windows of seq_len)
     eval_batch_size: int = 1
     threads: int = 2  # torch CPU threads (0: leave torch's default)
+    device: str = "cpu"  # cpu, cuda or auto (cuda when available): where the model trains (float32 either way);
+    # the saved model is moved to the CPU, checked against the trained one there, and records the device
 
     def __post_init__(self) -> None:
         where = "train"
@@ -42,6 +47,8 @@ class CodeLMTrainConfig:
                                  f"batch_size={self.batch_size}; allowed: a divisor of batch_size")
         for name in ("warmup_steps", "threads"):
             check_int(name, getattr(self, name), minimum=0, where=where)
+        if self.device not in DEVICES:
+            raise ParameterError(f"{where}: parameter device={self.device!r} is not allowed; allowed: {list(DEVICES)}")
         for name in ("lr", "max_minutes"):
             check_float(name, getattr(self, name), minimum=0, exclusive=True, where=where)
         for name in ("min_lr_ratio", "weight_decay", "grad_clip"):
@@ -60,3 +67,13 @@ class CodeLMTrainConfig:
         warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         progress = min(1.0, step / self.max_steps)
         return warm * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def resolved_device(self) -> str:
+        """'cpu' or 'cuda' (``auto``: cuda when torch sees one); ``cuda`` without a GPU is refused before any work."""
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ParameterError("train: parameter device='cuda' but torch sees no CUDA device here; use cpu or auto")
+        return self.device

@@ -1,0 +1,63 @@
+#!/bin/bash
+# One call on a bare, offline GPU machine (the lent `device`): train the copying-curriculum code LMs of issue 22 with
+# the project's own trainer on CUDA, from data bundles made here (the device's Python has another standard library
+# and other distributions, so the data travel as files), each model folder written into $OUT as soon as it is done.
+# Needs, carried from the checkout:
+#   .whl/                         pip download --no-deps --only-binary=:all: --python-version 3.12
+#                                 --platform manylinux_2_17_x86_64 -d .whl mambapy==1.2.0 transformers==5.24.0
+#                                 tokenizers==0.23.3 safetensors==0.8.0
+#   data/interim/codelm_bundle_plain, data/interim/codelm_bundle_context    (make code-lm-bundle)
+# Usage there:   OUT=/some/dir bash bench/gpu_train_codelm.sh [family ...]      (default: hybrid mamba2 mamba1)
+# Rehearsal here (CPU, tiny steps): TINY=1 OUT=/tmp/x PATH=.venv/bin:$PATH bash bench/gpu_train_codelm.sh hybrid
+# Every family is trained twice: its context-blind ablation (plain code windows) and, continuing it, the curriculum
+# run; the model shape is params/codelm/hybrid*.yaml's, changed per family by the overrides below. Steps and batch
+# are the GPU recipe's (PLAIN_STEPS / CONTEXT_STEPS / BATCH); a time guard (MINUTES per run) is reported in
+# training.json (stopped_by), never silent.
+set -u
+: "${OUT:?set OUT to the folder for the results}"
+mkdir -p "$OUT"
+PLAIN_STEPS=${PLAIN_STEPS:-3000}; CONTEXT_STEPS=${CONTEXT_STEPS:-3000}; BATCH=${BATCH:-16}; MINUTES=${MINUTES:-4}
+if [ -n "${TINY:-}" ]; then  # a rehearsal on the CPU: the same commands, two steps each
+  device=cpu; PLAIN_STEPS=2; CONTEXT_STEPS=2; BATCH=4; MINUTES=2
+  export PYTHONPATH=lib
+else
+  pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
+  export PYTHONPATH=/tmp/site:lib
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+  device=cuda
+fi
+python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/device.txt"
+
+family_overrides() {  # the model section per family (the hybrid is the params files' own model)
+  case "$1" in
+    hybrid) echo "" ;;
+    mamba2) echo "--set model.arch=mamba2 --set model.d_state=128 --set model.attn_layers=null --set model.n_attention_heads=null --set model.intermediate_size=null" ;;
+    mamba1) echo "--set model.arch=mamba1 --set model.d_state=64 --set model.attn_layers=null --set model.n_attention_heads=null --set model.intermediate_size=null --set model.head_dim=null --set model.n_groups=null --set model.chunk_size=null" ;;
+    attention) echo "--set model.arch=attention --set model.attn_layers=null --set model.head_dim=null --set model.n_groups=null --set model.chunk_size=null" ;;
+    *) echo "unknown family $1" >&2; return 1 ;;
+  esac
+}
+
+families=("$@")
+[ ${#families[@]} -eq 0 ] && families=(hybrid mamba2 mamba1)
+common="--set train.device=$device --set train.batch_size=$BATCH --set train.max_minutes=$MINUTES --set train.eval_every=500 --no-progress"
+for f in "${families[@]}"; do
+  over=$(family_overrides "$f") || exit 1
+  plain="$OUT/code-lm-$f-plain"; ctx="$OUT/code-lm-$f"
+  # shellcheck disable=SC2086
+  python -m deltalens.codelm train -p params/codelm/hybrid-plain.yaml --bundle data/interim/codelm_bundle_plain \
+    --out "$plain" $over $common --set train.max_steps=$PLAIN_STEPS 2>&1 | tee "$OUT/$f-plain.log" | tail -3
+  # shellcheck disable=SC2086
+  python -m deltalens.codelm train -p params/codelm/hybrid.yaml --bundle data/interim/codelm_bundle_context \
+    --out "$ctx" --set init_from="$plain" $over $common --set train.max_steps=$CONTEXT_STEPS 2>&1 \
+    | tee "$OUT/$f.log" | tail -3
+  python - "$ctx" <<'EOF' | tee -a "$OUT/summary.txt"
+import json, sys
+m = json.load(open(sys.argv[1] + "/training.json"))
+g = (m.get("context") or {}).get("held_out_gain") or {}
+curve = [(r["step"], r.get("held_out_context_gain")) for r in m["curve"] if "held_out_context_gain" in r]
+print(sys.argv[1], m["model"]["architecture"], m["train"]["steps"], "steps", m["train"]["stopped_by"],
+      m["train"]["device_name"], f"{m['train']['seconds']:.0f} s", "held-out context gain", g.get("context_gain"),
+      "curve", curve)
+EOF
+done
