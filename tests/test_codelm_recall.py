@@ -155,7 +155,7 @@ def test_repeated_span_repeats_the_span_at_the_distance():
 
 
 def test_identifier_pairs_query_values_defined_above():
-    text, spans = identifier_pairs(None, 8, 4, random.Random(0))
+    text, spans = identifier_pairs(8, 4, random.Random(0))
     defs = dict(line.split(" = ") for line in text.split("\n\n")[0].splitlines())
     for (s, e), line in zip(spans, text.split("\n\n")[1].splitlines()):
         key = line.split()[1]

@@ -120,7 +120,7 @@ class CurriculumSampler:
             rng = random.Random(self._int(2 ** 31))
             lo, hi = self.cfg.pairs_range
             k = rng.randint(lo, hi)
-            text, spans = identifier_pairs(self.tokenizer, k, k, rng)
+            text, spans = identifier_pairs(k, k, rng)
             enc = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
             ids = enc["input_ids"][:n + 1]
             first = next((i for i, (s, e) in enumerate(enc["offset_mapping"]) if s >= spans[0][0]), len(ids))

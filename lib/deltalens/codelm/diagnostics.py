@@ -43,14 +43,9 @@ def copy_sequences(stream: torch.Tensor, span: int, distance: int, n: int, seed:
     total = 16 + 2 * span + distance
     out = []
     for _ in range(n):
-        seq, a, b = _fixed_lead(stream, span, distance, total, gen)
-        out.append((seq, a, b))
+        seq, rep, _ = repeated_span(stream, span, distance, total, gen)
+        out.append((seq, rep - distance - span, rep))
     return out
-
-
-def _fixed_lead(stream, span, distance, total, gen):
-    seq, rep, _ = repeated_span(stream, span, distance, total, gen)
-    return seq, rep - distance - span, rep
 
 
 @torch.no_grad()

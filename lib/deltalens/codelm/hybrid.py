@@ -30,22 +30,27 @@ from .model import CodeLMConfig
 MAX_POSITIONS = 8192  # rotary positions: far beyond the trained length (the extraction warns past trained_length)
 
 
+def _shared(config: CodeLMConfig, vocab_size: int, token_ids: dict) -> dict:
+    """The keyword arguments both configs take alike: width, depth, attention heads (= key/value heads), MLP,
+    norm epsilon, initialisation, tied head, rotary positions, token ids."""
+    check_int("vocab_size", vocab_size, minimum=1, where="model")
+    return dict(vocab_size=vocab_size, hidden_size=config.d_model, num_hidden_layers=config.n_layers,
+                intermediate_size=config.intermediate_size, num_attention_heads=config.n_attention_heads,
+                num_key_value_heads=config.n_attention_heads, rms_norm_eps=config.rms_norm_eps,
+                initializer_range=config.init_std, tie_word_embeddings=config.tie_embeddings,
+                max_position_embeddings=MAX_POSITIONS, **{k: v for k, v in token_ids.items() if v is not None})
+
+
 def hybrid_config(config: CodeLMConfig, vocab_size: int, **token_ids: int | None):
     """The ``transformers.BambaConfig`` of ``config`` (``arch: hybrid``); ``token_ids``: pad/bos/eos ids."""
     from transformers import BambaConfig
 
     if config.arch != "hybrid":
         raise ValueError(f"hybrid_config() needs model.arch: hybrid, not {config.arch}")
-    check_int("vocab_size", vocab_size, minimum=1, where="model")
     return BambaConfig(
-        vocab_size=vocab_size, hidden_size=config.d_model, num_hidden_layers=config.n_layers,
-        intermediate_size=config.intermediate_size, num_attention_heads=config.n_attention_heads,
-        num_key_value_heads=config.n_attention_heads, attn_layer_indices=list(config.attn_layers),
-        mamba_n_heads=config.n_heads, mamba_d_head=config.head_dim, mamba_n_groups=config.n_groups,
-        mamba_d_state=config.d_state, mamba_d_conv=config.d_conv, mamba_expand=config.expand,
-        mamba_chunk_size=config.chunk_size, rms_norm_eps=config.rms_norm_eps, initializer_range=config.init_std,
-        tie_word_embeddings=config.tie_embeddings, max_position_embeddings=MAX_POSITIONS,
-        **{k: v for k, v in token_ids.items() if v is not None})
+        attn_layer_indices=list(config.attn_layers), mamba_n_heads=config.n_heads, mamba_d_head=config.head_dim,
+        mamba_n_groups=config.n_groups, mamba_d_state=config.d_state, mamba_d_conv=config.d_conv,
+        mamba_expand=config.expand, mamba_chunk_size=config.chunk_size, **_shared(config, vocab_size, token_ids))
 
 
 def attention_config(config: CodeLMConfig, vocab_size: int, **token_ids: int | None):
@@ -54,13 +59,7 @@ def attention_config(config: CodeLMConfig, vocab_size: int, **token_ids: int | N
 
     if config.arch != "attention":
         raise ValueError(f"attention_config() needs model.arch: attention, not {config.arch}")
-    check_int("vocab_size", vocab_size, minimum=1, where="model")
-    return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=config.d_model, num_hidden_layers=config.n_layers,
-        intermediate_size=config.intermediate_size, num_attention_heads=config.n_attention_heads,
-        num_key_value_heads=config.n_attention_heads, rms_norm_eps=config.rms_norm_eps,
-        initializer_range=config.init_std, tie_word_embeddings=config.tie_embeddings,
-        max_position_embeddings=MAX_POSITIONS, **{k: v for k, v in token_ids.items() if v is not None})
+    return LlamaConfig(**_shared(config, vocab_size, token_ids))
 
 
 ARCHITECTURES = {"hybrid": ("BambaForCausalLM", hybrid_config), "attention": ("LlamaForCausalLM", attention_config)}
@@ -81,4 +80,5 @@ def build_transformers_lm(config: CodeLMConfig, vocab_size: int, seed: int, **to
 def load_transformers_lm_weights(lm: TransformersLM, saved) -> TransformersLM:
     """Continue a saved hybrid / attention code LM of the same architecture and shape."""
     cls_name = type(lm.hf).__name__
-    return load_same_architecture(lm, saved, cls_name, f"model.arch: {'hybrid' if 'Bamba' in cls_name else 'attention'}")
+    arch = next(a for a, (name, _) in ARCHITECTURES.items() if name == cls_name)
+    return load_same_architecture(lm, saved, cls_name, f"model.arch: {arch}")

@@ -238,7 +238,7 @@ def repeated_span(stream: torch.Tensor, span: int, distance: int, total: int, ge
     return seq, start, start + span
 
 
-def identifier_pairs(tokenizer, n_pairs: int, n_queries: int, rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
+def identifier_pairs(n_pairs: int, n_queries: int, rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
     """MQAR in code form: ``n_pairs`` lines ``<fresh name> = <fresh name>``, then ``n_queries`` lines
     ``assert <key> == <value>`` for keys drawn again; returns the text and the character spans of the queried values
     (the positions to score)."""
