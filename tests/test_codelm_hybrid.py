@@ -200,3 +200,27 @@ def test_the_gpu_training_script_parses():
     import subprocess
 
     subprocess.run(["bash", "-n", str(ROOT / "bench/gpu_train_codelm.sh")], check=True)
+
+
+def test_the_lm_runtime_runs_an_attention_only_lm_without_delta():
+    """No SSM mixer: scan 'auto' resolves to 'none', any other scan is refused by name, the model facts say there
+    is nothing to capture, and a forward without capture gives the target-line loss."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from deltalens import lm_runtime as rt
+    from deltalens.prompts import Encoded
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2)).eval()
+    with pytest.raises(ParameterError, match="scan='sequential': LlamaForCausalLM has no Mamba mixer"):
+        rt.set_scan(lm, "sequential")
+    assert rt.set_scan(lm, "auto").scan == "none"
+    facts = rt.model_facts(lm)
+    assert facts["n_layers"] == 0 and facts["mixer_family"] is None and facts["d_inner"] == 32
+    enc = Encoded(torch.randint(0, 64, (1, 20)), [(0, 10)], (15, 20), 20)
+    (res,) = rt.forward_all(lm, [enc], capture=False)
+    with torch.no_grad():
+        logits = lm(enc.input_ids).logits[0]
+    expected = torch.nn.functional.cross_entropy(logits[14:19], enc.input_ids[0, 15:20])
+    assert res.target_loss == pytest.approx(float(expected), rel=1e-5)
