@@ -7,18 +7,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 ENV_STAMP := $(VENV)/.deltalens-env
 KERNEL := deltalens
-LIB_SRC := $(shell find lib/deltalens -name '*.py' 2>/dev/null) pyproject.toml
-# Per part, the package files its notebook / module can import (lib/deltalens/deps.py, static, any python3): a part
-# reruns when one of them changes, not when any file of the package does (fallback: the whole package).
-deps = $(or $(shell $(PYTHON) lib/deltalens/deps.py $(1) 2>/dev/null),$(LIB_SRC)) pyproject.toml
+# Per part, the package files its notebook / module can import (lib/deltalens/tools/deps.py, static, any python3): a
+# part reruns when one of them changes, not when any file of the package does. When deps.py fails (a stale module
+# path, a syntax error), make stops with its message instead of guessing.
+deps = $(eval _deps := $(shell $(PYTHON) lib/deltalens/tools/deps.py $(1) || echo DEPS-FAILED))$(if $(filter \
+  DEPS-FAILED,$(_deps)),$(error lib/deltalens/tools/deps.py $(1) failed (message above)),$(_deps)) pyproject.toml
 SYN_SRC      := $(call deps,notebooks/01_synthetic.ipynb)
 DATASET_SRC  := $(call deps,deltalens.context)
 LABELING_SRC := $(call deps,notebooks/02_label_context.ipynb)
 CODELM_SRC   := $(call deps,deltalens.codelm)
 EXTRACT_SRC  := $(call deps,notebooks/03_extract_delta.ipynb)
-ANALYSIS_SRC := $(call deps,notebooks/04_analysis.ipynb lib/deltalens/report.py)
+ANALYSIS_SRC := $(call deps,notebooks/04_analysis.ipynb lib/deltalens/analysis/readme.py)
 REPORT_SRC   := $(call deps,notebooks/00_context_dataset.ipynb)
-SUMMARY_SRC  := $(call deps,deltalens.summary)
+SUMMARY_SRC  := $(call deps,deltalens.synthetic.summary)
 PAPERMILL := $(PY) -m papermill --kernel $(KERNEL) --cwd . --progress-bar --log-output --request-save-on-cell-execute
 
 EXECUTED := reports/executed
@@ -63,10 +64,10 @@ $(EXECUTED)/01_synthetic_extended/%.ipynb: notebooks/01_synthetic.ipynb params/s
 	$(PAPERMILL) -f params/synthetic-extended/$*.yaml -p experiment $* $< $@.tmp && mv $@.tmp $@
 
 $(SYN_SUMMARY): $(SYN_NBS) $(SUMMARY_SRC)
-	$(PY) -m deltalens.summary --metrics $(SYN_NAMES:%=reports/figures/synthetic/%/metrics.json) --out $@
+	$(PY) -m deltalens.synthetic.summary --metrics $(SYN_NAMES:%=reports/figures/synthetic/%/metrics.json) --out $@
 
 $(SYN_EXT_SUMMARY): $(SYN_EXT_NBS) $(SUMMARY_SRC)
-	$(PY) -m deltalens.summary --metrics $(SYN_EXT_NAMES:%=reports/figures/synthetic/%/metrics.json) --out $@
+	$(PY) -m deltalens.synthetic.summary --metrics $(SYN_EXT_NAMES:%=reports/figures/synthetic/%/metrics.json) --out $@
 
 synthetic: $(SYN_SUMMARY) ## train + analyse every synthetic experiment in params/synthetic/ (3 seeds each), write the summary table
 
@@ -78,7 +79,7 @@ include mk/dataset.mk mk/labeling.mk mk/codelm.mk mk/extract.mk mk/analysis.mk
 all: synthetic dataset dataset-report labeling code-lm extract analysis ## run the whole study on the embedded defaults (offline)
 
 smoke: code-lm-smoke | $(ENV_STAMP) ## execute every notebook once with tiny parameters (into reports/smoke/)
-	$(PY) -m deltalens.smoke --out reports/smoke
+	$(PY) -m deltalens.tools.smoke --out reports/smoke
 
 test: $(ENV_STAMP) ## unit tests + every notebook through papermill with tiny parameters
 	$(PY) -m pytest -q

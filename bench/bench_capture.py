@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from deltalens.capture import capture_delta
-from deltalens.models import ModelConfig, build_model
-from deltalens.scores import token_stats
+from deltalens.delta.capture import capture_delta
+from deltalens.delta.scores import token_stats
+from deltalens.synthetic.models import ModelConfig, build_model
 
 
 def time_forward(model, tokens, mode: str) -> float:

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deltalens import extract as ex
-from deltalens import lm_runtime as rt
 from deltalens.context import load
+from deltalens.extract import run as ex
+from deltalens.lm import forward as fw
+from deltalens.lm import loading as ld
 
 
 def main(argv=None) -> dict:
@@ -48,7 +49,7 @@ def main(argv=None) -> dict:
     ds = load(args.dataset)
     cfg = ex.ExtractConfig(max_tokens=1024, truncation="drop_chunks")
     ids = list(ds.samples["sample_id"])[:args.samples]
-    encs = [ex.encode(tok, ds.sample(s), cfg) for s in ids]
+    encs = [ex.encode(tok, ds.sample(s), cfg.layout) for s in ids]
     tokens = sum(e.n_tokens for e in encs)
     scans = args.scans.split(",")
     budgets = [b if b == "auto" else int(b) for b in args.batch_tokens.split(",")]
@@ -56,16 +57,16 @@ def main(argv=None) -> dict:
     stats = {}
     resolved = {}
     for s in scans:  # warm-up, and the statistics each path gives
-        rt.set_scan(lm, s)
-        stats[s] = rt.forward_all(lm, encs[:4], token_nll=True)
+        ld.set_scan(lm, s)
+        stats[s] = fw.forward_all(lm, encs[:4], token_nll=True)
     for _ in range(args.repeats):
         for s in scans:
-            choice = rt.set_scan(lm, s)
+            choice = ld.set_scan(lm, s)
             for b in budgets:
-                bt = rt.auto_batch_tokens(lm, choice) if b == "auto" else b
+                bt = fw.auto_batch_tokens(lm, choice) if b == "auto" else b
                 resolved[(s, str(b))] = bt
                 t = time.perf_counter()
-                rt.forward_all(lm, encs, batch_tokens=bt, token_nll=True)
+                fw.forward_all(lm, encs, batch_tokens=bt, token_nll=True)
                 secs[(s, str(b))].append(time.perf_counter() - t)
     rows = []
     for (s, b), v in secs.items():
@@ -81,7 +82,7 @@ def main(argv=None) -> dict:
         diff = float(max(rel))
     extract_rows = []
     if args.extract_samples:
-        rt.set_scan(lm, "auto")
+        ld.set_scan(lm, "auto")
         ext: dict = {str(b): [] for b in budgets}
         for _ in range(args.repeats):
             for b in budgets:
@@ -94,7 +95,7 @@ def main(argv=None) -> dict:
         for b, v in ext.items():
             med = statistics.median(x[0] for x in v)
             extract_rows.append({"batch_tokens": b, "seconds": med, "tokens_per_second": v[0][1] / med})
-    result = {"model": args.model, "facts": rt.model_facts(lm), "threads": args.threads,
+    result = {"model": args.model, "facts": ld.model_facts(lm), "threads": args.threads,
               "machine": platform.processor() or platform.machine(), "samples": len(encs), "tokens": tokens,
               "mean_tokens_per_prompt": tokens / len(encs), "repeats": args.repeats, "rows": rows,
               "max_relative_stat_difference": diff,

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from deltalens import extract as ex
 from deltalens.context import load
+from deltalens.extract import run as ex
 
 
 def _rss_kb(field: str) -> int:
@@ -42,8 +42,8 @@ def memory_child(model: str, dataset: str, sample: int, capture: bool, device: s
     lm, tok = ex.load_lm(model, device=device)
     ex.set_scan(lm, "auto")
     ds = load(dataset)
-    enc = ex.encode(tok, ds.sample(sample), ex.ExtractConfig())
-    short = ex.encode(tok, ds.sample(sample), ex.ExtractConfig(max_tokens=256, truncation="left"))
+    enc = ex.encode(tok, ds.sample(sample), ex.ExtractConfig().layout)
+    short = ex.encode(tok, ds.sample(sample), ex.ExtractConfig(max_tokens=256, truncation="left").layout)
     ex.forward_sample(lm, short, capture=capture, token_nll=True)  # warm-up: lazy allocations, kernels
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -78,7 +78,7 @@ def main() -> None:
     scan = ex.set_scan(lm, "auto")
     ds = load(args.dataset)
     facts = ex.model_facts(lm)
-    encs = [ex.encode(tok, ds.sample(i), ex.ExtractConfig()) for i in range(args.samples)]
+    encs = [ex.encode(tok, ds.sample(i), ex.ExtractConfig().layout) for i in range(args.samples)]
     tokens = sum(e.input_ids.shape[1] for e in encs)
     for e in encs[:2]:  # warm-up
         ex.forward_sample(lm, e, token_nll=True), ex.forward_sample(lm, e, capture=False, token_nll=True)

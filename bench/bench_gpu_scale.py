@@ -33,10 +33,11 @@ from pathlib import Path
 
 import torch
 
-from deltalens import extract as ex
-from deltalens import lm_runtime as rt
 from deltalens.context import load
-from deltalens.prompts import LayoutPolicy, encode, encode_variants
+from deltalens.extract import run as ex
+from deltalens.lm import forward as fw
+from deltalens.lm import loading as ld
+from deltalens.lm.prompts import LayoutPolicy, encode, encode_variants
 
 FALCON_MAMBA_7B = dict(hidden_size=4096, intermediate_size=8192, num_hidden_layers=64, state_size=16,
                        time_step_rank=256, vocab_size=65024, conv_kernel=4, use_conv_bias=True, use_bias=False,
@@ -94,7 +95,7 @@ def timed(lm, encs, device, **kw) -> tuple[float, float]:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     t = time.perf_counter()
-    rt.forward_all(lm, encs, **kw)
+    fw.forward_all(lm, encs, **kw)
     _sync(device)
     seconds = time.perf_counter() - t
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.startswith("cuda") else float("nan")
@@ -128,8 +129,8 @@ def loo_seconds(lm, tok, ds, sids, policy, device) -> dict:
         variants = [v for _, v in loo]
         _sync(device)
         t = time.perf_counter()
-        rt.forward_all(lm, [enc], token_nll=True)
-        rt.forward_all(lm, variants, capture=False)
+        fw.forward_all(lm, [enc], token_nll=True)
+        fw.forward_all(lm, variants, capture=False)
         _sync(device)
         per.append({"sample_id": sid, "forwards": 1 + len(variants), "tokens": enc.n_tokens + sum(v.n_tokens for v in variants),
                     "seconds": time.perf_counter() - t})
@@ -181,7 +182,7 @@ def main(argv=None) -> dict:
     ds = load(args.dataset)
     tok = train_bpe(ds, args.vocab or (1000 if args.tiny else 32000))
     lm = build_model(shape, dtype, device)
-    result["model"] = {**rt.model_facts(lm), "build_seconds": time.perf_counter() - t0}
+    result["model"] = {**ld.model_facts(lm), "build_seconds": time.perf_counter() - t0}
     save("setup", result["model"])
     policy = LayoutPolicy(max_tokens=8192)
     test_ids = list(ds.samples.loc[ds.samples["split"] == "test", "sample_id"])
@@ -193,12 +194,12 @@ def main(argv=None) -> dict:
     measured = {}
     for scan in args.scans.split(","):
         try:
-            choice = rt.set_scan(lm, scan)
+            choice = ld.set_scan(lm, scan)
         except Exception as e:  # a path that cannot run here (no kernels, no mambapy) is reported, not fatal
             save(f"{scan}: skipped", str(e))
             continue
-        rt.forward_all(lm, [warm], token_nll=True)  # warm-up: lazy allocations, kernels, autocast caches
-        budget = rt.auto_batch_tokens(lm, choice)
+        fw.forward_all(lm, [warm], token_nll=True)  # warm-up: lazy allocations, kernels, autocast caches
+        budget = fw.auto_batch_tokens(lm, choice)
         one = max(e.n_tokens for e in encs)
         for name, subset, bt in (("one prompt per forward", encs[:args.unbatched_samples], one),
                                  ("batched", encs, budget)):
@@ -211,7 +212,7 @@ def main(argv=None) -> dict:
                 measured[scan] = r
             save(f"{scan}: {name}", r)
 
-    choice = rt.set_scan(lm, "auto")
+    choice = ld.set_scan(lm, "auto")
     result["auto_scan"] = choice.as_dict()
     try:
         save("loo (auto path)", loo_seconds(lm, tok, ds, sids[:args.loo_samples], policy, device))
@@ -241,12 +242,12 @@ def main(argv=None) -> dict:
         checks = {}
         for scan in args.scans.split(","):
             try:
-                rt.set_scan(lm, scan)
+                ld.set_scan(lm, scan)
             except Exception as e:
                 checks[scan] = f"skipped: {e}"[:160]
                 continue
             try:
-                r = rt.forward_all(lm, encs[:1], token_nll=True)[0]
+                r = fw.forward_all(lm, encs[:1], token_nll=True)[0]
                 checks[scan] = {"target_loss": r.target_loss, "finite_stats": bool(all(
                     torch.isfinite(torch.from_numpy(v)).all() for d in r.stats for v in d.values()))}
             except Exception as e:

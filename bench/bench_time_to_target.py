@@ -18,15 +18,15 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from deltalens.paths import project_root
+from deltalens.core.paths import project_root
 
 BUDGET_S = 300.0  # per experiment (issue 2)
 TOTAL_BUDGET_S = 1200.0  # all of `make synthetic`
 
 
 def measure(params_file: Path) -> list[dict]:
-    from deltalens import synthetic
-    from deltalens.train import train
+    from deltalens.synthetic import experiment as synthetic
+    from deltalens.synthetic.train import train
 
     p = yaml.safe_load(params_file.read_text())
     exp = synthetic.make_experiment(params_file.stem, p["task"], p.get("task_params"), p.get("model"), p.get("train"),

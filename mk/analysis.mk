@@ -16,7 +16,7 @@ reports/04_analysis.html: $(ANALYSIS_NB)
 	$(VENV)/bin/jupyter nbconvert --to html --log-level WARN --output-dir reports --output 04_analysis $<
 
 README.md: $(RESULTS)
-	$(PY) -m deltalens.report --readme README.md --results $(RESULTS)
+	$(PY) -m deltalens.analysis.readme --readme README.md --results $(RESULTS)
 	@touch README.md
 
 analysis: reports/04_analysis.html README.md ## scores side by side, every ground truth, filtering curves -> reports/ (+ README results)

@@ -18,7 +18,7 @@ $(EXECUTED)/03_extract_delta/%.ipynb: notebooks/03_extract_delta.ipynb params/ex
 extract: $(EXTRACT_NBS) ## Δ per context chunk from the local code LM, each prompt order (data/processed/delta/)
 
 kaggle: $(DATASET) | $(ENV_STAMP) ## build/kaggle/: the self-contained falcon-mamba-7b extraction notebook + dataset folder
-	$(PY) -m deltalens.kaggle -p $(KAGGLE_PARAMS) --out build/kaggle
+	$(PY) -m deltalens.extract.kaggle -p $(KAGGLE_PARAMS) --out build/kaggle
 
 kaggle-push: kaggle ## upload the dataset and push the notebook to Kaggle (needs the kaggle CLI and its API token)
 	@command -v $(KAGGLE) >/dev/null || { echo "kaggle CLI not found: pip install kaggle, token in ~/.kaggle/kaggle.json"; exit 1; }

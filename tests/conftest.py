@@ -15,9 +15,8 @@ def gen():
 def ds(tmp_path_factory):
     """The smoke-profile context dataset with 3 samples per project, built once per test session (read-only: tests
     must not modify it). A test module that needs another dataset defines its own ``ds`` fixture."""
-    from deltalens.context import load
-    from deltalens.context.build import build, load_params
-    from deltalens.paths import project_root
+    from deltalens.context import build, load, load_params
+    from deltalens.core.paths import project_root
 
     out = tmp_path_factory.mktemp("ctx")
     build(load_params(project_root() / "params/dataset/smoke.yaml", {"out": str(out), "samples_per_project": 3}),

@@ -10,13 +10,14 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from deltalens import analysis as an
-from deltalens import extract as ex
+from deltalens.analysis.filtering import keep_by_budget
+from deltalens.analysis.readme import END, START, update_readme
 from deltalens.context import build, load, load_params
-from deltalens.filtering import keep_by_budget
+from deltalens.core.paths import project_root
+from deltalens.extract import run as ex
 from deltalens.labeling.pipeline import reference_scores
-from deltalens.paths import project_root
-from deltalens.report import END, START, update_readme
-from deltalens.smoke import run_notebook
+from deltalens.tools.smoke import run_notebook
+
 from tiny_lm import save_tiny_lm
 
 
@@ -53,6 +54,29 @@ def test_evaluate_matches_sklearn_and_choose_on_dev_looks_only_at_dev():
     flipped = t.copy()
     flipped.loc[flipped["split"] == "test", "bad"] *= -1  # changing test rows does not change the choice
     assert an.choose_on_dev(flipped, ["bad"]).sign == -1.0
+
+
+def test_what_a_score_is_comes_from_its_kind_never_from_its_label():
+    """Renaming every label (display only) leaves the best pair and the filter's scores as they were."""
+    from dataclasses import replace
+
+    choices = [an.Choice("Δ best (r)", "delta:r:L0:mean", 1.0, 0.6, dev_sample_auc=0.60, kind="delta_best"),
+               an.Choice("Δ best within prompt (r)", "delta:r:L1:mean", 1.0, 0.6, dev_sample_auc=0.65,
+                         kind="delta_within"),
+               an.Choice("hidden attention from the target line (r)", "hattn:r:L0:target", 1.0, 0.9,
+                         dev_sample_auc=0.95, kind="upper_bound"),
+               an.Choice("BM25", "bm25", 1.0, 0.7, dev_sample_auc=0.70, kind="baseline"),
+               an.Choice("random", "random", 1.0, 0.5, dev_sample_auc=0.50, kind="random")]
+    d, b = an.best_pair(choices)
+    assert (d.column, b.column) == ("delta:r:L1:mean", "bm25")  # never the target-reading upper bound
+    kept = {col for col, _ in an.filter_scores(choices, "r").values()}
+    assert kept == {"delta:r:L0:mean", "bm25", "random", "relevant"}
+    renamed = [replace(c, name=f"score {i}") for i, c in enumerate(choices)]
+    d2, b2 = an.best_pair(renamed)
+    assert (d2.column, b2.column) == (d.column, b.column)
+    assert {col for col, _ in an.filter_scores(renamed, "r").values()} == kept
+    with pytest.raises(ValueError, match="kind"):
+        an.Choice("x", "bm25", 1.0, 0.5, kind="not a kind")
 
 
 def test_update_readme_replaces_only_the_marked_section(tmp_path):
@@ -194,7 +218,7 @@ def test_analysis_notebook_tiny(pipeline):
 
 
 def test_cluster_bootstrap_resamples_projects_then_samples():
-    from deltalens.context_use import cluster_bootstrap_mean
+    from deltalens.analysis.context_use import cluster_bootstrap_mean
 
     rng = np.random.default_rng(0)
     # two projects with very different means: the project-level resampling must widen the interval far beyond a

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deltalens.capture import capture_delta, find_mixers
-from deltalens.models import ModelConfig, build_model
+from deltalens.delta.capture import capture_delta, find_mixers
+from deltalens.synthetic.models import ModelConfig, build_model
 
 
 def manual_delta_mambapy(model, tokens):
@@ -103,7 +103,7 @@ def test_transformers_delta_equals_recomputation(kind):
 
 
 def test_reduce_layers_and_errors():
-    from deltalens.scores import token_stats
+    from deltalens.delta.scores import token_stats
 
     model = build_model(ModelConfig(vocab_size=10, d_model=16, n_layers=3, d_state=4), seed=0).eval()
     tokens = torch.randint(0, 10, (2, 6), generator=torch.Generator().manual_seed(0))

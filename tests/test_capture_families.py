@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
-from deltalens.capture import capture_delta, delta_width, describe_layers, find_mixers  # noqa: E402
+from deltalens.delta.capture import capture_delta, delta_width, describe_layers, find_mixers  # noqa: E402
 
 COMMON = dict(vocab_size=64, hidden_size=32, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 MAMBA2_FAMILIES = ("mamba2", "zamba2", "falcon_h1", "nemotron_h", "granitemoehybrid", "bamba")
@@ -224,7 +224,7 @@ def test_bf16_models_give_finite_float32_delta(family):
 
 
 def test_layers_selection_reduce_and_to_cpu_on_a_hybrid():
-    from deltalens.scores import token_stats
+    from deltalens.delta.scores import token_stats
 
     model = build("bamba")
     with torch.no_grad(), capture_delta(model) as full:

@@ -11,12 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from deltalens.capture import capture_delta
-from deltalens.codelm import (CodeLMConfig, CorpusConfig, TokenizerConfig, build_corpus, build_lm, load_params,
-                              to_transformers, train_code_lm, train_tokenizer)
+from deltalens.codelm import (
+    CodeLMConfig,
+    CorpusConfig,
+    TokenizerConfig,
+    build_corpus,
+    build_lm,
+    load_params,
+    to_transformers,
+    train_code_lm,
+    train_tokenizer,
+)
 from deltalens.codelm.__main__ import main as cli
 from deltalens.codelm.corpus import ExclusionSet, dataset_distributions, normalise_name
-from deltalens.params import ParameterError
+from deltalens.core.params import ParameterError
+from deltalens.delta.capture import capture_delta
 
 SMOKE = "params/codelm/smoke.yaml"
 
@@ -215,7 +224,7 @@ def test_cli_reports_parameter_errors(capsys):
 def test_part1_and_the_code_lm_build_one_model_class():
     """Issue 10: the synthetic model and the code LM are one class, ``models.MambaLM``; with the same shape, head
     and seed both configs give identical weights (so the merge changed no seed's initial weights)."""
-    from deltalens.models import MambaLM, ModelConfig, build_model
+    from deltalens.synthetic.models import MambaLM, ModelConfig, build_model
 
     tiny = build_model(ModelConfig(vocab_size=50, d_model=32, n_layers=2), seed=3)
     code = build_lm(CodeLMConfig(d_model=32, n_layers=2, tie_embeddings=False), vocab_size=50, seed=3)

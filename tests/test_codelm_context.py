@@ -10,14 +10,18 @@ import pytest
 import torch
 
 from deltalens.codelm import load_params, train_code_lm, train_tokenizer
-from deltalens.codelm.context_data import (ContextDataConfig, build_training_contexts, context_sequences,
-                                           eval_project_files)
+from deltalens.codelm.context_data import (
+    ContextDataConfig,
+    build_training_contexts,
+    context_sequences,
+    eval_project_files,
+)
 from deltalens.codelm.corpus import excluded_names
 from deltalens.codelm.tokenizer import TokenizerConfig
 from deltalens.codelm.train import sample_mixed
-from deltalens.context.build import defines_any
-from deltalens.params import ParameterError
-from deltalens.prompts import LayoutPolicy, encode
+from deltalens.context.chunks import defines_any
+from deltalens.core.params import ParameterError
+from deltalens.lm.prompts import LayoutPolicy, encode
 
 SMOKE = "params/codelm/smoke.yaml"
 PACKAGES = ("json", "email", "logging", "http", "urllib", "concurrent")
@@ -55,8 +59,9 @@ def test_every_relevant_chunk_defines_a_name_its_target_line_uses(ctx):
 
 
 def test_no_evaluation_project_file_enters_the_training_prompts(ctx, excluded, tmp_path):
-    from deltalens.context import build, load_params as dataset_params
-    from deltalens.paths import project_root
+    from deltalens.context import build
+    from deltalens.context import load_params as dataset_params
+    from deltalens.core.paths import project_root
 
     projects = {src["project"] for src in ctx.manifest["sources"]}
     assert projects == {*PACKAGES, "tenacity"} and not projects & set(excluded)
@@ -116,7 +121,7 @@ def test_tiny_context_training_records_trained_length_and_held_out_gain(tmp_path
     assert meta["context"]["held_out_gain"]["samples"] == 3
     assert isinstance(meta["context"]["held_out_gain"]["context_gain"], float)
     assert not out.reused
-    from deltalens.lm_runtime import load_lm, model_facts
+    from deltalens.lm.loading import load_lm, model_facts
 
     lm, _ = load_lm(str(tmp_path / "m"))
     assert model_facts(lm)["trained_length"] == 256

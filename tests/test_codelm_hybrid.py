@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deltalens.capture import capture_delta
 from deltalens.codelm.params import load_params
-from deltalens.params import ParameterError
+from deltalens.core.params import ParameterError
+from deltalens.delta.capture import capture_delta
 
 SMOKE = "params/codelm/smoke.yaml"
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def test_tiny_family_trains_with_the_curriculum_saves_and_reloads(tmp_path, over
     from deltalens.codelm import train_code_lm
 
     params = load_params(SMOKE, {**override, **CONTEXT, "train.max_steps": 3})
-    res = train_code_lm(params, out=tmp_path / "m", progress=False)
+    train_code_lm(params, out=tmp_path / "m", progress=False)
     meta = json.loads((tmp_path / "m/training.json").read_text())
     assert meta["model"]["architecture"] == architecture and meta["train"]["steps"] == 3
     assert meta["model"]["conversion_max_abs_logit_diff"] == 0.0 and meta["model"]["reload_max_abs_logit_diff"] <= 1e-4
@@ -207,19 +207,20 @@ def test_the_lm_runtime_runs_an_attention_only_lm_without_delta():
     is nothing to capture, and a forward without capture gives the target-line loss."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from deltalens import lm_runtime as rt
-    from deltalens.prompts import Encoded
+    from deltalens.lm import forward as fw
+    from deltalens.lm import loading as ld
+    from deltalens.lm.prompts import Encoded
 
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=2, num_key_value_heads=2)).eval()
     with pytest.raises(ParameterError, match="scan='sequential': LlamaForCausalLM has no Mamba mixer"):
-        rt.set_scan(lm, "sequential")
-    assert rt.set_scan(lm, "auto").scan == "none"
-    facts = rt.model_facts(lm)
+        ld.set_scan(lm, "sequential")
+    assert ld.set_scan(lm, "auto").scan == "none"
+    facts = ld.model_facts(lm)
     assert facts["n_layers"] == 0 and facts["mixer_family"] is None and facts["d_inner"] == 32
     enc = Encoded(torch.randint(0, 64, (1, 20)), [(0, 10)], (15, 20), 20)
-    (res,) = rt.forward_all(lm, [enc], capture=False)
+    (res,) = fw.forward_all(lm, [enc], capture=False)
     with torch.no_grad():
         logits = lm(enc.input_ids).logits[0]
     expected = torch.nn.functional.cross_entropy(logits[14:19], enc.input_ids[0, 15:20])

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deltalens.capture import capture_delta
 from deltalens.codelm.params import CodeLMParams, load_params
-from deltalens.params import ParameterError
+from deltalens.core.params import ParameterError
+from deltalens.delta.capture import capture_delta
 
 SMOKE = "params/codelm/smoke.yaml"
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,7 +154,7 @@ def test_continuing_needs_a_mamba2_model_of_the_same_shape(tmp_path):
 def test_codelm_has_no_import_cycle():
     """Static import graph of deltalens.codelm (every import, TYPE_CHECKING and function-level ones included): acyclic;
     ``params`` assembles the sections and never imports ``train``, which imports ``params``."""
-    from deltalens.deps import imported_modules, module_file
+    from deltalens.tools.deps import imported_modules, module_file
 
     pkg = ROOT / "lib/deltalens/codelm"
     graph = {}

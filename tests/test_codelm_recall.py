@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from deltalens.codelm.curriculum import CurriculumConfig, CurriculumSampler
-from deltalens.codelm.recall import (RESERVED, fresh_name, identifier_pairs, rename_sample, rename_text,
-                                     repeated_span)
-from deltalens.params import ParameterError
+from deltalens.codelm.recall import RESERVED, fresh_name, identifier_pairs, rename_sample, rename_text, repeated_span
+from deltalens.core.params import ParameterError
 
 CHUNK = '''def load_config(path, strict=False):
     """Read the config file at path."""

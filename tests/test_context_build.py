@@ -6,8 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from deltalens.context import (BuildParams, ParamsError, SchemaError, SourceError, build, build_dataset, load,
-                               load_params)
+from deltalens.context import (
+    BuildParams,
+    ParamsError,
+    SchemaError,
+    SourceError,
+    build,
+    build_dataset,
+    load,
+    load_params,
+)
 from deltalens.context.ast_index import ProjectIndex
 from deltalens.context.sources import dir_project, repos_dir_projects
 from deltalens.context.verify import verify

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from deltalens.paths import project_root
+from deltalens.core.paths import project_root
 
 
 @pytest.mark.notebook

@@ -1,4 +1,4 @@
-"""Notebook 00's report functions (deltalens.context.stats) and its figure (deltalens.plots.dataset_overview)."""
+"""Notebook 00's report functions (deltalens.context.stats) and its figure (deltalens.core.plots.dataset_overview)."""
 
 import json
 
@@ -6,10 +6,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from deltalens import plots  # noqa: E402
 from deltalens.context import stats  # noqa: E402
 from deltalens.context.schema import ContextDataset  # noqa: E402
-from deltalens.paths import project_root  # noqa: E402
+from deltalens.core import plots  # noqa: E402
+from deltalens.core.paths import project_root  # noqa: E402
 
 
 def test_tables_and_picked_samples_agree_with_the_dataset(ds):

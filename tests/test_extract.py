@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from deltalens import extract as ex
-from deltalens.capture import capture_delta
-from deltalens.params import ParameterError
-from deltalens.prompts import layout
+from deltalens.core.params import ParameterError
+from deltalens.delta.capture import capture_delta
+from deltalens.extract import run as ex
+from deltalens.extract.config import parse_shard
+from deltalens.lm.prompts import layout
+
 from tiny_lm import save_tiny_lm
 
 
@@ -61,7 +63,7 @@ def test_chunk_stats_equal_stats_of_full_delta_and_loss_equals_models_own(lm, ds
     model, tok = lm
     cfg = _cfg(tmp_path)
     sample = ds.sample(0)
-    enc = ex.encode(tok, sample, cfg)
+    enc = ex.encode(tok, sample, cfg.layout)
     stats, loss, nll = ex.forward_sample(model, enc, token_nll=True)
     rows = ex.chunk_rows(sample["sample_id"], enc, stats, list(range(len(stats))))
     with capture_delta(model) as rec, torch.no_grad():
@@ -159,15 +161,15 @@ def test_truncation_policies_are_recorded(lm, ds, tmp_path):
     sample = ds.sample(0)
     n_full = len(tok(layout(sample).text)["input_ids"])
     limit = n_full * 2 // 3
-    enc = ex.encode(tok, sample, ex.ExtractConfig(max_tokens=limit, truncation="drop_chunks"))
+    enc = ex.encode(tok, sample, ex.ExtractConfig(max_tokens=limit, truncation="drop_chunks").layout)
     assert enc.input_ids.shape[1] <= limit and enc.dropped and enc.dropped == sorted(enc.dropped)
     assert all(enc.chunk_tokens[i] is None for i in enc.dropped) and enc.n_tokens_full == n_full
-    enc = ex.encode(tok, sample, ex.ExtractConfig(max_tokens=limit, truncation="left"))
+    enc = ex.encode(tok, sample, ex.ExtractConfig(max_tokens=limit, truncation="left").layout)
     assert enc.input_ids.shape[1] == limit and enc.cut_tokens == n_full - limit
     t0, t1 = enc.target_tokens
     assert tok.decode(enc.input_ids[0, t0:t1]).strip() == sample["target"].strip()
     with pytest.raises(ParameterError, match=f"{sample['sample_id']}.*max_tokens={limit}"):
-        ex.encode(tok, sample, ex.ExtractConfig(max_tokens=limit, truncation="error"))
+        ex.encode(tok, sample, ex.ExtractConfig(max_tokens=limit, truncation="error").layout)
 
 
 def test_query_first_layout_puts_the_query_before_every_chunk(ds):
@@ -181,7 +183,7 @@ def test_query_first_layout_puts_the_query_before_every_chunk(ds):
 @pytest.mark.parametrize("spec", ["3/2", "2/2", "a/b", "0/0", "1"])
 def test_bad_shard_specs(spec):
     with pytest.raises(ParameterError, match="shard"):
-        ex.parse_shard(spec)
+        parse_shard(spec)
 
 
 def test_process_shard_combines_with_accelerate_ranks():

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from deltalens import analysis as an
-from deltalens import extract as ex
-from deltalens.capture import capture_delta
-from deltalens.chunk_columns import ScoreColumn
-from deltalens.lm_runtime import set_scan
-from deltalens.params import ParameterError
+from deltalens.core.chunk_columns import ScoreColumn
+from deltalens.core.params import ParameterError
+from deltalens.delta.capture import capture_delta
+from deltalens.extract import run as ex
+from deltalens.lm.loading import set_scan
+
 from tiny_lm import save_tiny_lm
 
 
@@ -41,7 +42,7 @@ def test_per_head_chunk_stats_equal_the_captured_delta_and_layers_are_the_models
     assert sorted(cd["layer"].unique()) == expected_layers
     sid = cd["sample_id"].iloc[0]
     sample = ds.sample(sid)
-    enc = ex.encode(tok, sample, ex.ExtractConfig(max_tokens=100_000))
+    enc = ex.encode(tok, sample, ex.ExtractConfig(max_tokens=100_000).layout)
     with capture_delta(lm) as rec, torch.no_grad():
         lm(enc.input_ids)
     assert rec.granularity == ["head"] * len(expected_layers)
@@ -92,7 +93,7 @@ def test_mamba1_models_refuse_the_chunked_path(ds, tmp_path):
 
 
 def test_every_capture_family_has_its_scan_paths():
-    from deltalens.capture import ADAPTERS
-    from deltalens.lm_runtime import FAMILY_SCANS
+    from deltalens.delta.adapters import ADAPTERS
+    from deltalens.lm.loading import FAMILY_SCANS
 
     assert {a.family for a in ADAPTERS} == set(FAMILY_SCANS)

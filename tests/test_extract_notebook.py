@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from deltalens.context import build, load, load_params
-from deltalens.paths import project_root
-from deltalens.smoke import run_notebook
+from deltalens.core.paths import project_root
+from deltalens.tools.smoke import run_notebook
+
 from tiny_lm import save_tiny_lm
 
 
@@ -50,8 +51,9 @@ def test_extract_notebook_tiny(tiny):
 
 @pytest.mark.notebook
 def test_kaggle_bundle_runs_in_an_empty_folder(tiny, tmp_path):
-    from deltalens.kaggle import build as build_kaggle
     import papermill as pm
+
+    from deltalens.extract.kaggle import build as build_kaggle
 
     root, ds = tiny
     paths = build_kaggle(tmp_path / "build", username="tester", dataset_dir=root / "ctx")
@@ -82,8 +84,9 @@ def test_kaggle_bundle_runs_in_an_empty_folder(tiny, tmp_path):
 def test_codestral_kaggle_bundle_names_its_model_and_kernel(tiny, tmp_path):
     """The second Kaggle parameter file (issue 14): its own kernel id, Codestral Mamba as the model, the chunked
     Mamba-2 path left to scan: auto."""
-    from deltalens.kaggle import build as build_kaggle
     import nbformat
+
+    from deltalens.extract.kaggle import build as build_kaggle
 
     root, _ = tiny
     paths = build_kaggle(tmp_path / "build", params=project_root() / "params/kaggle/mamba-codestral-7b.yaml",

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from deltalens import global_channels as gc
-from deltalens.capture import capture_delta, find_mixers
-from deltalens.models import ModelConfig, build_model
+from deltalens.core.chunk_columns import global_column
+from deltalens.delta.capture import capture_delta, find_mixers
+from deltalens.lm import global_channels as gc
+from deltalens.synthetic.models import ModelConfig, build_model
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_token_statistic_is_the_mean_over_the_global_channels():
     assert set(out) == {"global_25", "global_50"}
     torch.testing.assert_close(out["global_25"], (delta[..., 1] + delta[..., 6]) / 2)
     torch.testing.assert_close(out["global_50"], delta.mean(-1))
-    assert gc.stat_name(0.05) == "global_5" and gc.stat_name(0.1) == "global_10"
+    assert global_column(0.05) == "global_5" and global_column(0.1) == "global_10"
 
 
 def test_slowest_rate_per_channel_and_per_head():
@@ -101,8 +102,9 @@ def test_extraction_writes_global_channel_scores_equal_to_a_direct_computation(a
     from safetensors.numpy import load_file
 
     from deltalens import analysis as an
-    from deltalens import extract as ex
-    from deltalens.params import ParameterError
+    from deltalens.core.params import ParameterError
+    from deltalens.extract import run as ex
+
     from tiny_lm import save_tiny_lm
 
     lm_dir = save_tiny_lm(tmp_path / arch, list(ds.chunks["text"][:150]), arch)
@@ -117,13 +119,13 @@ def test_extraction_writes_global_channel_scores_equal_to_a_direct_computation(a
     # the calibration: dev prompts only, and the saved decay is log_decay on exactly those
     ids = gc.calibration_ids(ds, 3)
     assert len(ids) == 3 and set(ds.samples.set_index("sample_id").loc[ids, "split"]) == {"dev"}
-    decay = gc.log_decay(lm, [ex.encode(tok, ds.sample(s), cfg).input_ids for s in ids])
+    decay = gc.log_decay(lm, [ex.encode(tok, ds.sample(s), cfg.layout).input_ids for s in ids])
     np.testing.assert_allclose(saved["log_decay"], decay, rtol=1e-5)
     masks = gc.global_masks(decay, shares)
     cd = pd.read_parquet(tmp_path / "d/chunk_delta.parquet")
     assert {"global_25", "global_50"} <= set(cd.columns)
     for sid in cd["sample_id"].unique()[:3]:
-        enc = ex.encode(tok, ds.sample(sid), cfg)
+        enc = ex.encode(tok, ds.sample(sid), cfg.layout)
         with torch.no_grad(), capture_delta(lm) as rec:
             lm(enc.input_ids)
         for layer, delta in enumerate(rec.last()):
@@ -135,7 +137,7 @@ def test_extraction_writes_global_channel_scores_equal_to_a_direct_computation(a
                 a, b = enc.chunk_tokens[r["chunk_index"]]
                 for q in shares:
                     want = delta[0, a:b][:, torch.as_tensor(masks[q][layer])].mean().item()
-                    np.testing.assert_allclose(r[gc.stat_name(q)], want, rtol=1e-4)
+                    np.testing.assert_allclose(r[global_column(q)], want, rtol=1e-4)
     # the analysis: one column per layer and share, a LongMamba score chosen on dev among them
     t = an.chunk_table(ds, {"r": str(tmp_path / "d")})
     cols = [c for c in t.columns if c.startswith("global:r:")]
@@ -147,10 +149,15 @@ def test_extraction_writes_global_channel_scores_equal_to_a_direct_computation(a
 
 
 def test_global_column_names_round_trip():
-    from deltalens.chunk_columns import (ColumnNameError, ScoreColumn, chunk_delta_column, global_column,
-                                         global_sources)
+    from deltalens.core.chunk_columns import (
+        ColumnNameError,
+        ScoreColumn,
+        chunk_delta_column,
+        global_column,
+        global_sources,
+    )
 
-    assert global_column(0.05) == "global_5" == gc.stat_name(0.05)
+    assert global_column(0.05) == "global_5"
     assert chunk_delta_column("global_25") == ("global", "25")
     c = ScoreColumn.parse("global:code-lm/context_first:L3:10")
     assert (c.family, c.run, c.layer, c.stat) == ("global", "code-lm/context_first", 3, "10")

@@ -17,8 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from deltalens.capture import SSMInputs, capture_delta, find_mixers
-from deltalens.hidden_attention import (
+from deltalens.delta.adapters import SSMInputs
+from deltalens.delta.capture import capture_delta, find_mixers
+from deltalens.delta.hidden_attention import (
     EXP_FLOOR,
     hidden_attention_alpha,
     hidden_attention_masses,
@@ -316,7 +317,7 @@ def test_recurrent_steps_are_marked_and_refused():
     assert inp.recurrent_step and inp.delta.shape[:2] == (2, 1)
     with pytest.raises(ValueError, match="recurrent step"):
         hidden_attention_rows(inp, [[0], [0]])
-    from deltalens.models import ModelConfig, build_model  # mambapy's step mode
+    from deltalens.synthetic.models import ModelConfig, build_model  # mambapy's step mode
 
     lm = build_model(ModelConfig(vocab_size=10, d_model=16, n_layers=1, d_state=4), seed=0).eval()
     with torch.no_grad(), capture_delta(lm, ssm_inputs=True) as step:

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from deltalens import analysis as an
-from deltalens import extract as ex
-from deltalens.capture import capture_delta
-from deltalens.hidden_attention import hidden_attention_rows
-from deltalens.lm_runtime import forward_all, hidden_attention_queries
-from deltalens.params import ParameterError
+from deltalens.core.params import ParameterError
+from deltalens.delta.capture import capture_delta
+from deltalens.delta.hidden_attention import hidden_attention_rows
+from deltalens.extract import run as ex
+from deltalens.lm.forward import forward_all, hidden_attention_queries
+
 from tiny_lm import save_tiny_lm
 
 
@@ -37,7 +38,7 @@ def test_chunk_masses_equal_a_direct_computation_and_batching_changes_nothing(lm
     assert {"ha_prefix_end", "ha_target"} <= set(cd.columns)
     lm, tok = ex.load_lm(str(lm_dir))
     sid = cd["sample_id"].iloc[0]
-    enc = ex.encode(tok, ds.sample(sid), cfg)
+    enc = ex.encode(tok, ds.sample(sid), cfg.layout)
     t0, t1 = enc.target_tokens
     with torch.no_grad(), capture_delta(lm, ssm_inputs=True) as rec:
         lm(enc.input_ids)
@@ -50,7 +51,7 @@ def test_chunk_masses_equal_a_direct_computation_and_batching_changes_nothing(lm
             np.testing.assert_allclose(r["ha_prefix_end"], pre[a:b].sum().item(), rtol=1e-4)
             np.testing.assert_allclose(r["ha_target"], tgt[a:b].sum().item(), rtol=1e-4)
     # one right-padded batch of several prompts == each prompt alone
-    encs = [ex.encode(tok, ds.sample(s), cfg) for s in cd["sample_id"].unique()]
+    encs = [ex.encode(tok, ds.sample(s), cfg.layout) for s in cd["sample_id"].unique()]
     together = forward_all(lm, encs, batch_tokens=100_000, hidden_attention=4)
     alone = [forward_all(lm, [e], batch_tokens=100_000, hidden_attention=4)[0] for e in encs]
     for x, y in zip(together, alone):

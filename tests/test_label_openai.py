@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from fake_chat_server import MODEL, FakeChatServer
 
 from deltalens.labeling.base import (
     Completion,
@@ -18,7 +19,6 @@ from deltalens.labeling.base import (
     TransientLabelerError,
 )
 from deltalens.labeling.openai_api import OpenAICompatibleLabeler
-from fake_chat_server import MODEL, FakeChatServer
 
 SECRET = "sk-test-SECRET-0123456789"
 FAST_RETRY = {"retry-after-ms": "10"}  # the client honours it instead of its 0.5 s+ backoff

@@ -1,7 +1,6 @@
 """The core of the labeling package: prompt building, answer parsing, the answer store, the runner and the manual
 workflow. Only fake in-test labelers: no network, no model, fast."""
 
-import hashlib
 import inspect
 import json
 import os
@@ -15,19 +14,24 @@ import time
 from collections import Counter
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from deltalens.context.jsonl import from_records
 from deltalens.context.schema import ContextDataset
-from deltalens.labeling.base import (LABEL_COLUMNS, Completion, GenerativeLabeler, LabelerFatalError, LabelPrompt,
-                                     TransientLabelerError)
+from deltalens.core.params import ParameterError
+from deltalens.labeling.base import (
+    LABEL_COLUMNS,
+    Completion,
+    GenerativeLabeler,
+    LabelerFatalError,
+    LabelPrompt,
+    TransientLabelerError,
+)
 from deltalens.labeling.manual import ManualAnswersError, export_prompts, import_answers, prompt_id, read_answers
 from deltalens.labeling.parse import parse_answer
 from deltalens.labeling.run import answer_stats, answers_to_labels, label_prompts
 from deltalens.labeling.store import RECORD_FIELDS, AnswerStore, answer_key
 from deltalens.labeling.templates import CURSOR, TEMPLATES, Template, build_prompt, build_prompts, get_template
-from deltalens.params import ParameterError
 
 # ---- a tiny dataset -------------------------------------------------------------------------------------------------
 CONFIG = "def load_config(path):\n    with open(path) as fh:\n        return parse_config_text(fh.read())\n"

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from fake_chat_server import MODEL, FakeChatServer
 
 from deltalens.context import build, load, load_params
+from deltalens.core.paths import project_root
 from deltalens.labeling.manual import prompt_id
 from deltalens.labeling.pipeline import select_samples
 from deltalens.labeling.templates import build_prompts
-from deltalens.paths import project_root
-from fake_chat_server import MODEL, FakeChatServer
 
 
 def first_chunk_responder():

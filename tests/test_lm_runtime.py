@@ -10,13 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from deltalens import extract as ex
-from deltalens import lm_runtime as rt
-from deltalens.capture import capture_delta
 from deltalens.context import build, load, load_params
-from deltalens.params import ParameterError
-from deltalens.paths import project_root
-from deltalens.prompts import LayoutPolicy, encode
+from deltalens.core.chunk_columns import DELTA_STATS
+from deltalens.core.params import ParameterError
+from deltalens.core.paths import project_root
+from deltalens.delta.capture import capture_delta, find_mixers
+from deltalens.extract import run as ex
+from deltalens.lm import forward as fw
+from deltalens.lm import loading as ld
+from deltalens.lm.prompts import LayoutPolicy, encode
+
 from tiny_lm import save_tiny_lm
 
 # bf16 keeps 8 mantissa bits, fp16 11: chunk statistics (means over tokens and channels of Δ) of a half-precision run
@@ -65,7 +68,7 @@ def test_half_precision_extraction_matches_float32(lm_dir, ds, tmp_path, dtype, 
     assert s16.runtime["autocast"] == (dtype if scan == "mambapy" else None)
     a, b = ref["chunk_delta"].dropna(subset=["mean"]), half["chunk_delta"].dropna(subset=["mean"])
     assert len(a) == len(b) > 0
-    for stat in ex.STATS:
+    for stat in DELTA_STATS:
         x, y = a[stat].to_numpy(), b[stat].to_numpy()
         assert np.isfinite(y).all()
         np.testing.assert_allclose(y, x, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype] * np.abs(x).mean(),
@@ -87,7 +90,7 @@ def test_capture_fires_on_every_cpu_path_and_equals_the_models_own_delta(lm_dir,
     import transformers.models.mamba.modeling_mamba as mm
 
     lm, tok = ex.load_lm(str(lm_dir), dtype=dtype)
-    choice = rt.set_scan(lm, scan)
+    choice = ld.set_scan(lm, scan)
     seen = []
     for mod in (fm, mm):
         def wrapped(hidden, dt, *args, _orig=mod.mamba_selective_scan, **kw):
@@ -107,14 +110,14 @@ def test_capture_fires_on_every_cpu_path_and_equals_the_models_own_delta(lm_dir,
 @pytest.mark.parametrize("scan", CPU_SCANS)
 def test_batched_forward_equals_one_sequence_at_a_time(lm_dir, ds, scan):
     lm, tok = ex.load_lm(str(lm_dir))
-    rt.set_scan(lm, scan)
+    ld.set_scan(lm, scan)
     policy = LayoutPolicy(max_tokens=100_000)
     encs = [encode(tok, ds.sample(i), policy) for i in range(4)]
     encs.append(encode(tok, ds.sample(0), policy, drop=[0]))  # a leave-one-out variant: another length
     assert len({e.n_tokens for e in encs}) > 1  # padding is exercised
-    alone = [rt.forward_batch(lm, [e], token_nll=True)[0] for e in encs]
-    batched = rt.forward_all(lm, encs, batch_tokens=10**9, token_nll=True)
-    assert len(rt.plan_batches([e.n_tokens for e in encs], 10**9)) == 1
+    alone = [fw.forward_batch(lm, [e], token_nll=True)[0] for e in encs]
+    batched = fw.forward_all(lm, encs, batch_tokens=10**9, token_nll=True)
+    assert len(fw.plan_batches([e.n_tokens for e in encs], 10**9)) == 1
     for a, b, e in zip(alone, batched, encs):
         assert b.target_loss == pytest.approx(a.target_loss, rel=1e-5, abs=1e-6)
         assert a.exact_match == b.exact_match
@@ -127,11 +130,11 @@ def test_batched_forward_equals_one_sequence_at_a_time(lm_dir, ds, scan):
 
 def test_half_precision_target_metrics_and_filtering(lm_dir, ds):
     """The filtering curves and target metrics run in bf16 (the lm_head gets float32 hidden states otherwise)."""
-    from deltalens.filtering import filtering_curves
+    from deltalens.analysis.filtering import filtering_curves
 
     lm, tok = ex.load_lm(str(lm_dir), dtype="bfloat16")
     policy = LayoutPolicy(max_tokens=100_000)
-    loss, exact = ex.target_metrics(lm, encode(tok, ds.sample(0), policy))
+    loss, exact = fw.target_metrics(lm, encode(tok, ds.sample(0), policy))
     assert np.isfinite(loss) and isinstance(exact, bool)
     sid = ds.samples["sample_id"].iloc[0]
     chunks = ds.chunks_of(sid)
@@ -147,27 +150,27 @@ def test_half_precision_target_metrics_and_filtering(lm_dir, ds):
 def test_scan_choice_and_dtype_resolution(lm_dir):
     lm, _ = ex.load_lm(str(lm_dir), dtype="half")
     assert next(lm.parameters()).dtype == torch.bfloat16  # half on the CPU: bfloat16
-    c = rt.set_scan(lm, "auto")  # a small mixer on the CPU: the parallel scan, autocast in half precision
+    c = ld.set_scan(lm, "auto")  # a small mixer on the CPU: the parallel scan, autocast in half precision
     assert (c.scan, c.autocast, c.device) == ("mambapy", "bfloat16", "cpu")
-    assert rt.set_scan(lm, False).scan == "sequential" and rt.set_scan(lm, True).scan == "mambapy"
-    assert all(m.use_mambapy for _, m in __import__("deltalens.capture").capture.find_mixers(lm))
+    assert ld.set_scan(lm, False).scan == "sequential" and ld.set_scan(lm, True).scan == "mambapy"
+    assert all(m.use_mambapy for _, m in find_mixers(lm))
     with pytest.raises(ParameterError, match="cuda_kernels.*mamba_ssm"):
-        rt.set_scan(lm, "cuda_kernels")
+        ld.set_scan(lm, "cuda_kernels")
     with pytest.raises(ParameterError, match="scan"):
-        rt.set_scan(lm, "fast")
+        ld.set_scan(lm, "fast")
     if not torch.cuda.is_available():
         with pytest.raises(ParameterError, match="no CUDA GPU"):
-            rt.resolve_device("cuda")
-    assert rt.resolve_dtype("half", "cpu") == torch.bfloat16 and rt.resolve_dtype("auto", "cpu") == "auto"
+            ld.resolve_device("cuda")
+    assert ld.resolve_dtype("half", "cpu") == torch.bfloat16 and ld.resolve_dtype("auto", "cpu") == "auto"
 
 
 def test_plan_batches_and_auto_budget(lm_dir):
-    assert rt.plan_batches([5, 9, 3, 9], 18) == [[1, 3], [0, 2]]  # longest first, rows x longest <= budget
-    assert rt.plan_batches([50, 10], 20) == [[0], [1]]           # a sequence longer than the budget runs alone
-    assert sorted(i for b in rt.plan_batches(list(range(1, 30)), 40) for i in b) == list(range(29))
+    assert fw.plan_batches([5, 9, 3, 9], 18) == [[1, 3], [0, 2]]  # longest first, rows x longest <= budget
+    assert fw.plan_batches([50, 10], 20) == [[0], [1]]           # a sequence longer than the budget runs alone
+    assert sorted(i for b in fw.plan_batches(list(range(1, 30)), 40) for i in b) == list(range(29))
     lm, _ = ex.load_lm(str(lm_dir))
-    seq = rt.auto_batch_tokens(lm, rt.set_scan(lm, "sequential"), free_bytes=2**30)
-    par = rt.auto_batch_tokens(lm, rt.set_scan(lm, "mambapy"), free_bytes=2**30)
+    seq = fw.auto_batch_tokens(lm, ld.set_scan(lm, "sequential"), free_bytes=2**30)
+    par = fw.auto_batch_tokens(lm, ld.set_scan(lm, "mambapy"), free_bytes=2**30)
     assert seq > par > 16  # the parallel scan keeps more per token
 
 

@@ -1,14 +1,13 @@
 """Notebook hygiene (no outputs, a parameters cell) and notebook 01 executed with tiny parameters."""
 
 import json
-from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
-from deltalens.paths import project_root
-from deltalens.smoke import SMOKE, run_notebook
+from deltalens.core.paths import project_root
+from deltalens.tools.smoke import SMOKE, run_notebook
 
 ROOT = project_root()
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

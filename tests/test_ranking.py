@@ -1,5 +1,5 @@
 """Within-prompt metrics, the projects-then-samples resamples, paired differences, the lexical strata, CatBoost
-trained on dev only (deltalens.ranking, deltalens.analysis)."""
+trained on dev only (deltalens.analysis.ranking, deltalens.analysis)."""
 
 import numpy as np
 import pandas as pd
@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from deltalens import analysis as an
-from deltalens import ranking as rk
+from deltalens.analysis import ranking as rk
 
 
 def table(n_projects=4, per_project=(3, 5, 8, 4), chunks=6, seed=0):

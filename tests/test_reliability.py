@@ -5,18 +5,16 @@ import json
 import shutil
 import warnings
 
-import pandas as pd
 import pytest
-import torch
 import yaml
 
-from deltalens import extract as ex
-from deltalens.context import build, load, load_params
+from deltalens.context import BuildParams, ParamsError, build, load, load_params
 from deltalens.context.__main__ import main as context_main
-from deltalens.context.build import BuildParams, ParamsError
 from deltalens.context.schema import SchemaError
-from deltalens.params import ParameterError
-from deltalens.paths import project_root
+from deltalens.core.params import ParameterError
+from deltalens.core.paths import project_root
+from deltalens.extract import run as ex
+
 from tiny_lm import save_tiny_lm
 
 SMOKE = project_root() / "params/dataset/smoke.yaml"

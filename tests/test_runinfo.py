@@ -1,4 +1,4 @@
-"""Run bookkeeping (deltalens.runinfo): atomic writes, strict JSON, package versions."""
+"""Run bookkeeping (deltalens.core.runinfo): atomic writes, strict JSON, package versions."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from deltalens.runinfo import atomic_write, jsonable, package_versions, write_json
+from deltalens.core.runinfo import atomic_write, jsonable, package_versions, write_json
 
 
 def test_write_json_is_strict_json_and_atomic(tmp_path):

@@ -5,11 +5,19 @@ import pandas as pd
 import pytest
 
 from deltalens.context.jsonl import from_records
+from deltalens.core.params import ParameterError
+from deltalens.core.similarity import (
+    EMBEDDING_MODEL_NAME,
+    EmbeddingModelUnavailable,
+    EmbeddingScorer,
+    TfidfScorer,
+    bm25_scores,
+    code_tokens,
+    query_text,
+    score_dataset,
+)
 from deltalens.labeling.base import LABEL_COLUMNS
 from deltalens.labeling.reference import choose_threshold, reference_labels
-from deltalens.params import ParameterError
-from deltalens.similarity import (EMBEDDING_MODEL_NAME, EmbeddingModelUnavailable, EmbeddingScorer, TfidfScorer,
-                                  bm25_scores, code_tokens, query_text, score_dataset)
 
 CONFIG = "def load_config(path):\n    with open(path) as fh:\n        return parse_config_text(fh.read())\n"
 CIRCLE = "def draw_circle(canvas, radius):\n    canvas.arc(0, 0, radius, 0, 360)\n"

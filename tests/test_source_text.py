@@ -1,4 +1,4 @@
-"""One decoding rule for Python source (deltalens.source_text): the context dataset and the code-LM corpus read the
+"""One decoding rule for Python source (deltalens.core.source_text): the context dataset and the code-LM corpus read the
 same bytes as the same text — UTF-8 only, a leading BOM dropped, newlines '\\n'."""
 
 import ast
@@ -10,7 +10,7 @@ from deltalens.codelm import corpus as corpus_mod
 from deltalens.codelm.corpus import CorpusConfig, build_corpus
 from deltalens.context import sources
 from deltalens.context.sources import dir_project
-from deltalens.source_text import decode_source, normalise_newlines
+from deltalens.core.source_text import decode_source, normalise_newlines
 
 BOM = b"\xef\xbb\xbf"
 

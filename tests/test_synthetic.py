@@ -1,13 +1,13 @@
 """The analysis functions on a tiny model: populations, controls, summary and parameter validation."""
 
-import numpy as np
 import pytest
 import torch
 
-from deltalens import synthetic, synthetic_report
-from deltalens.params import ParameterError
-from deltalens.summary import build_summary, compact
-from deltalens.paths import project_root
+from deltalens.core.params import ParameterError
+from deltalens.core.paths import project_root
+from deltalens.synthetic import experiment as synthetic
+from deltalens.synthetic import report as synthetic_report
+from deltalens.synthetic.summary import build_summary, compact
 
 ROOT_PARAMS = project_root() / "params"
 
@@ -23,7 +23,7 @@ def _tiny(task, task_params):
 def test_controls_mean_what_they_should(tmp_path):
     """Selective Copying: token identity separates data from noise perfectly (AUC 1) -- the control Δ must beat."""
     exp = _tiny("selective_copying", {"seq_len": 12, "vocab_size": 5, "n_data": 3})
-    from deltalens.models import build_model
+    from deltalens.synthetic.models import build_model
 
     model = build_model(exp.model, seed=0)
     tr, te = synthetic.sample_sets(exp)
@@ -42,7 +42,7 @@ def test_controls_mean_what_they_should(tmp_path):
 
 def test_query_copying_identity_control_is_blind():
     """Query Copying: among data tokens, identity alone is at chance (the query decides)."""
-    from deltalens.models import build_model
+    from deltalens.synthetic.models import build_model
 
     exp = synthetic.make_experiment(
         "t", "query_copying", {"seq_len": 20, "n_classes": 2, "tokens_per_class": 2, "n_keep": 2, "n_distractors": 2},
@@ -61,7 +61,7 @@ def test_query_copying_identity_control_is_blind():
 
 
 def test_delta_set_holds_the_mixers_inputs_and_b_c():
-    from deltalens.models import build_model
+    from deltalens.synthetic.models import build_model
 
     exp = _tiny("selective_copying", {"seq_len": 12, "vocab_size": 5, "n_data": 3})
     model = build_model(exp.model, seed=0)
@@ -112,9 +112,12 @@ def _seed(seed, steps, reached, best_auc, cb_delta, ctrl, score="mean_log"):
                       {"population": "context", "layer": 0, "score": "mean_log", "auc": best_auc}],
         "best_delta_auc": {"context": {"layer": 0, "score": score, "auc": best_auc, "dev_auc": 0.21, "direction": -1,
                                        "ci_low": best_auc - .05, "ci_high": best_auc + .05}},
-        "probes": [{"population": "context", "features": "CatBoost on Δ (32 channels)", "auc": cb_delta, "accuracy": 0.9},
-                   {"population": "context", "features": "CatBoost control: token + 3 previous", "auc": ctrl, "accuracy": 0.8},
-                   {"population": "context", "features": "CatBoost on Δ + control", "auc": 0.95, "accuracy": 0.9}],
+        "probes": [{"population": "context", "features": "CatBoost on Δ (32 channels)", "kind": "delta", "auc": cb_delta,
+                    "accuracy": 0.9},
+                   {"population": "context", "features": "CatBoost control: token + 3 previous", "kind": "control",
+                    "auc": ctrl, "accuracy": 0.8},
+                   {"population": "context", "features": "CatBoost on Δ + control", "kind": "delta_plus_control",
+                    "auc": 0.95, "accuracy": 0.9}],
     }
 
 
@@ -200,6 +203,6 @@ def test_every_shipped_synthetic_parameter_file_is_valid_and_has_three_seeds(pat
     # the step cap leaves room for slow seeds; the clock cap is only a guard
     assert exp.train.max_steps >= 5000 and exp.train.max_seconds >= 1800
     # every seed is its own checkpoint
-    from deltalens.train import run_key
+    from deltalens.synthetic.train import run_key
 
     assert len({run_key(exp.task, exp.model, exp.train_for(s)) for s in exp.seeds}) == len(exp.seeds)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from deltalens.params import ParameterError
-from deltalens.tasks import IGNORE_INDEX, make_task
+from deltalens.core.params import ParameterError
+from deltalens.synthetic.tasks import IGNORE_INDEX, make_task
 
 TINY = {
     "selective_copying": dict(seq_len=16, vocab_size=6, n_data=3),

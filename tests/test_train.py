@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from deltalens.models import ModelConfig, load_model
-from deltalens.params import ParameterError
-from deltalens.tasks import make_task
-from deltalens.train import TrainConfig, evaluate, train
+from deltalens.core.params import ParameterError
+from deltalens.synthetic.models import ModelConfig, load_model
+from deltalens.synthetic.tasks import make_task
+from deltalens.synthetic.train import TrainConfig, evaluate, train
 
 
 def _setup():

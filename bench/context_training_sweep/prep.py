@@ -7,16 +7,18 @@ test split in both orders; 120 dev samples). Needs `make code-lm-plain dataset` 
     PYTHONPATH=lib .venv/bin/python bench/context_training_sweep/prep.py   # -> data/interim/context_sweep.safetensors
 """
 import os
+
 import torch
 from safetensors.torch import save_file
-from deltalens.codelm.params import load_params
+from transformers import AutoTokenizer
+
+from deltalens.codelm.context_data import build_training_contexts, context_sequences
 from deltalens.codelm.corpus import build_corpus, excluded_names
+from deltalens.codelm.params import load_params
 from deltalens.codelm.tokenizer import encode_documents
 from deltalens.codelm.train import token_stream
-from deltalens.codelm.context_data import build_training_contexts, context_sequences
-from deltalens.prompts import LayoutPolicy, encode_variants
 from deltalens.context.schema import load
-from transformers import AutoTokenizer
+from deltalens.lm.prompts import LayoutPolicy, encode_variants
 
 p = load_params("params/codelm/default.yaml")
 tok = AutoTokenizer.from_pretrained("data/models/code-lm-plain")

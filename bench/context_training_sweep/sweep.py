@@ -11,9 +11,17 @@ steps it writes one JSON line with
     chunks (nats/token, mean and standard error over samples), greedy exact match with / without.
 Run on a GPU by run_gpu.sh (see docs/context_training_sweep/README.md for the measured results).
 """
-import argparse, json, math, os, time, torch, torch.nn as nn, torch.nn.functional as F
-from safetensors.torch import load_file
+import argparse
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from mambapy.mamba import Mamba, MambaConfig, RMSNorm
+from safetensors.torch import load_file
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--name", required=True); ap.add_argument("--init", default="plain")  # plain | scratch

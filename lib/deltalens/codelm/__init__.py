@@ -2,7 +2,7 @@
 
 One extraction path then serves this model and ``tiiuae/falcon-mamba-7b`` alike: both load with
 ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` and expose their Mamba mixers to
-:func:`deltalens.capture.capture_delta`.
+:func:`deltalens.delta.capture.capture_delta`.
 
 Pipeline (``python -m deltalens.codelm train -p params/codelm/default.yaml``, or ``make code-lm``):
 
@@ -17,6 +17,8 @@ Pipeline (``python -m deltalens.codelm train -p params/codelm/default.yaml``, or
 * :mod:`.diagnostics` -- copy curve and first-occurrence gradient; :mod:`.bundle` -- the training data as files;
 * :mod:`.train_config` -- the training parameters (imported by ``params`` and ``train``: no import cycle);
 * :mod:`.train`     -- seeded CPU training with a step and a time budget, held-out loss, atomic save, reuse.
+
+May import: ``core``, ``context``, ``lm``, ``synthetic`` (the mambapy model its Mamba-1 LM is built from).
 """
 
 from .corpus import Corpus, CorpusConfig, build_corpus
@@ -30,7 +32,7 @@ def load_code_lm(path: str = "data/models/code-lm"):
     """``(model, tokenizer)`` of a saved code LM directory, offline, model in eval mode (float32)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..paths import resolve
+    from ..core.paths import resolve
 
     p = resolve(path)
     return AutoModelForCausalLM.from_pretrained(p).eval(), AutoTokenizer.from_pretrained(p)

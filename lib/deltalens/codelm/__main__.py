@@ -6,10 +6,7 @@ import argparse
 import json
 import sys
 
-from ..params import parse_overrides
-
-
-
+from ..core.params import parse_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     args = ap.parse_args(argv)
 
-    from ..params import ParameterError
+    from ..core.params import ParameterError
     from .params import load_params
 
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..params import ParameterError
+from ..core.params import ParameterError
 
 FORMAT = 1
 
@@ -38,8 +38,8 @@ def _sections(params) -> dict:
 def write_bundle(params, out: str | Path, progress: bool = False) -> Path:
     """Build the corpus (and the training prompts when ``context.share > 0``) of ``params`` into ``out``."""
     from ..context import save
-    from ..paths import resolve
-    from ..runinfo import package_versions
+    from ..core.paths import resolve
+    from ..core.runinfo import package_versions
     from .context_data import build_training_contexts
     from .corpus import build_corpus, excluded_names
 
@@ -70,7 +70,7 @@ def read_bundle(params, path: str | Path):
     """(:class:`~.corpus.Corpus`, training-prompt dataset or None) from a bundle written for ``params``' corpus,
     context and seed; any other bundle is refused with what differs."""
     from ..context import load
-    from ..paths import resolve
+    from ..core.paths import resolve
     from .corpus import Corpus, CorpusFile
 
     path = resolve(path)

@@ -6,7 +6,7 @@ context builder (:mod:`deltalens.context.build`, not a second one) makes code-co
 corpus: standard-library packages (each one project) and installed distributions that the evaluation dataset does
 not use. Every sample has chunks that define what its target line uses (relevant), chunks from imported modules
 (related), unrelated chunks of the same project (distractors) and code of other projects (injected); it is laid out
-by :func:`deltalens.prompts.encode` in both prompt orders the extraction offers — headers + chunks, then the file
+by :func:`deltalens.lm.prompts.encode` in both prompt orders the extraction offers — headers + chunks, then the file
 prefix and the target line — and becomes one training sequence.
 
 Leak guard: a distribution the evaluation dataset uses is refused by name, and every file of the training samples
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..params import ParameterError, check_float, check_int
-from ..prompts import ORDERS, LayoutPolicy, encode
+from ..core.params import ParameterError, check_float, check_int
+from ..lm.prompts import ORDERS, LayoutPolicy, encode
 from .corpus import MIN_COPY_BYTES, ExclusionSet, normalise_name, stdlib_root
 
 DEFAULT_BUILD = {"n_chunks": 8, "max_relevant": 2, "max_related": 2, "n_injected": 2, "chunk_chars": 600,
@@ -77,8 +77,8 @@ class ContextDataConfig:
 
 
 def build_params(cfg: ContextDataConfig, excluded: list[str], seed: int):
-    """The :class:`deltalens.context.build.BuildParams` of the training samples; refuses evaluation projects."""
-    from ..context.build import BuildParams
+    """The :class:`deltalens.context.build_params.BuildParams` of the training samples; refuses evaluation projects."""
+    from ..context.build_params import BuildParams
 
     clash = sorted({normalise_name(d) for d in cfg.installed} & set(excluded))
     if clash:
@@ -160,7 +160,7 @@ def eval_project_files(dataset_dir: str | Path) -> set[str]:
     """sha256 of every file of an evaluation dataset (its manifest), for the leak tests."""
     import json
 
-    from ..paths import resolve
+    from ..core.paths import resolve
 
     m = json.loads((resolve(dataset_dir) / "manifest.json").read_text())
     return {f["sha256"] for src in m["sources"] for f in src["files"] if f["bytes"] >= MIN_COPY_BYTES}

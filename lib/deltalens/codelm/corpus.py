@@ -11,7 +11,7 @@ is excluded. Naming one of them in ``distributions`` is a :class:`ParameterError
 of them (``importlib.metadata`` file lists, compared by resolved path) or has the same bytes as one of their files
 (vendored copies, e.g. ``pip/_vendor/requests``) is dropped and listed as skipped.
 
-Bytes become text by :func:`deltalens.source_text.decode_source`, the dataset's rule (UTF-8 only, a leading BOM
+Bytes become text by :func:`deltalens.core.source_text.decode_source`, the dataset's rule (UTF-8 only, a leading BOM
 dropped, newlines ``\\n``). Files that are not UTF-8, too large, empty or unreadable are skipped and counted, never
 dropped silently. A stable hash of the relative path splits files into train / held-out; the character budget keeps
 files in the order of another stable hash (a deterministic shuffle, so the budget samples the whole library instead
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import yaml
 
-from ..params import ParameterError, check_float, check_int
-from ..paths import resolve
-from ..source_text import decode_source
+from ..core.params import ParameterError, check_float, check_int
+from ..core.paths import resolve
+from ..core.source_text import decode_source
 
 MIN_COPY_BYTES = 64  # shorter files (empty __init__.py, ...) are not treated as copies of an excluded file
 DEFAULT_EXCLUDE_DIRS = ("test", "tests", "idlelib", "turtledemo", "site-packages", "dist-packages", "__pycache__",

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..params import ParameterError, check_int
+from ..core.params import ParameterError, check_int
 from .context_data import encode_prompt
 
 SHARES = ("renamed", "spans", "pairs")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..params import ParameterError
+from ..core.params import ParameterError
 
 
 class TransformersLM(nn.Module):

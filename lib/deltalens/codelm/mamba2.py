@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..params import check_int
+from ..core.params import check_int
 from .hf_lm import TransformersLM, load_same_architecture
 from .model import CodeLMConfig
 

@@ -1,4 +1,4 @@
-"""The code LM's config (:class:`CodeLMConfig`, building the project's one mambapy LM, ``deltalens.models.MambaLM``),
+"""The code LM's config (:class:`CodeLMConfig`, building the project's one mambapy LM, ``deltalens.synthetic.models.MambaLM``),
 and the exact conversion of such a model to transformers' ``MambaForCausalLM``.
 
     tokens -> Embedding -> mambapy.mamba.Mamba (n_layers x [RMSNorm -> MambaBlock, + residual]) -> RMSNorm -> lm_head
@@ -23,9 +23,8 @@ import torch
 import torch.nn as nn
 from mambapy.mamba import MambaConfig
 
-from ..models import MambaLM
-from ..params import ParameterError, check_float, check_int
-
+from ..core.params import ParameterError, check_float, check_int
+from ..synthetic.models import MambaLM
 
 ARCHS = ("mamba1", "mamba2", "hybrid", "attention")
 # Mamba-2 only (arch: mamba2 and the hybrid's Mamba-2 layers); None under mamba1, filled with these defaults
@@ -147,7 +146,7 @@ class CodeLMConfig:
 
 
 def build_lm(config: CodeLMConfig, vocab_size: int, seed: int) -> MambaLM:
-    """Seed, then build the Mamba-1 code LM (``deltalens.models.MambaLM``, head tied to the embedding when
+    """Seed, then build the Mamba-1 code LM (``deltalens.synthetic.models.MambaLM``, head tied to the embedding when
     ``tie_embeddings``): the same seed gives the same initial weights."""
     torch.manual_seed(seed)
     return MambaLM(config.mamba_config(), vocab_size, tie_embeddings=config.tie_embeddings, init_std=config.init_std,
@@ -169,7 +168,7 @@ def _hf_key(key: str) -> str:
 
 def transformers_config(lm: nn.Module, use_mambapy: bool = False, **token_ids: int | None):
     """The ``transformers.MambaConfig`` equivalent to ``lm`` (anything shaped embedding -> mambapy Mamba -> norm_f
-    -> lm_head: ``deltalens.models.MambaLM``, whichever config built it). ``token_ids``: pad/bos/eos ids."""
+    -> lm_head: ``deltalens.synthetic.models.MambaLM``, whichever config built it). ``token_ids``: pad/bos/eos ids."""
     from transformers import MambaConfig as HFMambaConfig
 
     mc: MambaConfig = lm.mamba.config

@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from ..params import ParameterError, check_int, check_keys
-from ..paths import resolve
+from ..core.params import ParameterError, check_int, check_keys
+from ..core.paths import resolve
 from .context_data import ContextDataConfig
 from .corpus import CorpusConfig
 from .curriculum import CurriculumConfig

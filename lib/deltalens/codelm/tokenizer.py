@@ -16,7 +16,7 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from ..params import ParameterError, check_int
+from ..core.params import ParameterError, check_int
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"

@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..params import ParameterError
+from ..core.params import ParameterError
 from .params import CodeLMParams
 from .train_config import CodeLMTrainConfig  # re-exported for callers of deltalens.codelm.train
 
@@ -213,7 +213,7 @@ class TrainOutcome:
 
 
 def _versions() -> dict[str, str | None]:
-    from ..runinfo import package_versions
+    from ..core.runinfo import package_versions
 
     return package_versions(("torch", "transformers", "tokenizers", "mambapy", "safetensors"), python=True)
 
@@ -235,7 +235,7 @@ def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress:
     """Build corpus and tokenizer, train, convert, save to ``out`` (default ``params.out``); reuse when identical.
     ``bundle``: read the corpus and the training prompts from a data bundle (:mod:`.bundle`) instead of building
     them on this machine."""
-    from ..paths import resolve
+    from ..core.paths import resolve
     from .corpus import build_corpus
     from .tokenizer import encode_documents, train_tokenizer
 
@@ -421,8 +421,9 @@ def training_prompts(ds, cfg) -> list[tuple[dict, str]]:
 def held_out_context_gain(hf, tokenizer, ds, cfg, max_tokens: int) -> dict:
     """Target-line loss without any chunk minus with all chunks (nats/token), and greedy exact match with / without,
     on prompts of the held-out training projects (context first; the same measurement as the evaluation's)."""
-    from ..lm_runtime import forward_all, set_scan
-    from ..prompts import LayoutPolicy, encode_variants
+    from ..lm.forward import forward_all
+    from ..lm.loading import set_scan
+    from ..lm.prompts import LayoutPolicy, encode_variants
 
     ids = list(ds.samples.loc[ds.samples["split"] == "test", "sample_id"])[:cfg.eval_samples]
     if not ids:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..params import ParameterError, check_float, check_int
-
+from ..core.params import ParameterError, check_float, check_int
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -16,7 +15,7 @@ DEVICES = ("cpu", "cuda", "auto")
 @dataclass(frozen=True)
 class CodeLMTrainConfig:
     """How the code LM is trained: sized in steps of token windows, with a held-out loss. Not the synthetic
-    experiments' ``deltalens.train.TrainConfig``, which trains until a target answer loss on task batches."""
+    experiments' ``deltalens.synthetic.train.TrainConfig``, which trains until a target answer loss on task batches."""
 
     seq_len: int = 512
     batch_size: int = 4  # sequences per optimizer step

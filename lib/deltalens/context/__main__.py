@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..params import parse_overrides
+from ..core.params import parse_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd == "build":
-            from .build import build, load_params
+            from .build import build
+            from .build_params import load_params
 
             p = load_params(args.params, parse_overrides(args.set, "key=value"))
             ds, secs = build(p, out=args.out, progress=not args.no_progress)
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"built {c['samples']} samples over {c['projects']} projects, chunks per category "
                   f"{c['chunks_per_category']}, in {secs:.1f} s -> {args.out or p.out}")
             if args.timing:
-                from ..paths import resolve
-                from ..runinfo import write_json
+                from ..core.paths import resolve
+                from ..core.runinfo import write_json
 
                 write_json(resolve(args.timing), {"seconds": round(secs, 3), "counts": c}, sort_keys=True)
         elif args.cmd == "verify":

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import random
 import re
-from typing import TYPE_CHECKING
 
 from .ast_index import Definition, ModuleInfo, ProjectIndex
+from .build_params import BuildParams
 from .sources import Project
-
-if TYPE_CHECKING:
-    from .build import BuildParams
 
 
 def _defines_pattern(names) -> re.Pattern | None:

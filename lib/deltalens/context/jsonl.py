@@ -122,7 +122,7 @@ def parse_sample(obj, where: str, header: str = DEFAULT_HEADER) -> tuple[dict, l
 
 def load_jsonl(path: str | Path, header: str = DEFAULT_HEADER) -> ContextDataset:
     """Load user samples; raise :class:`JSONLError` with the line number and field of the first problem."""
-    from ..paths import resolve
+    from ..core.paths import resolve
 
     path = resolve(path)
     if not path.is_file():
@@ -179,7 +179,7 @@ def from_records(records: list[dict], header: str = DEFAULT_HEADER, where: str =
 
 def write_jsonl(ds: ContextDataset, path: str | Path) -> Path:
     """Export a dataset to the JSONL format (round-trips through :func:`load_jsonl`)."""
-    from ..runinfo import atomic_write
+    from ..core.runinfo import atomic_write
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from .ast_index import ProjectIndex
-from .build import BuildParams
+from .build_params import BuildParams
 from .chunks import ChunkPools
 from .samples import assign_splits, make_sample
 from .schema import ContextDataset, make_frames
@@ -64,7 +64,7 @@ def read_lca(config: str = "small_context", split: str = "test", parquet: str | 
     if parquet is not None:
         import pandas as pd
 
-        from ..paths import resolve
+        from ..core.paths import resolve
 
         df = pd.read_parquet(resolve(parquet))
         for i, row in enumerate(df.to_dict("records")):

@@ -15,14 +15,11 @@ a ``random.Random`` seeded by the build seed and the sample id, so a sample does
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
 
 from .ast_index import Definition, ProjectIndex
+from .build_params import BuildParams
 from .chunks import ChunkPools, cut_lines, file_window, line_chunk, pick_chunk
 from .schema import assemble_prompt
-
-if TYPE_CHECKING:
-    from .build import BuildParams
 
 
 def candidate_lines(index: ProjectIndex, p: BuildParams) -> list[tuple[str, int]]:

@@ -278,7 +278,7 @@ def save(ds: ContextDataset, out_dir: str | Path) -> Path:
 
 def load(path: str | Path, validate_on_load: bool = True) -> ContextDataset:
     """Load a dataset directory (relative paths are resolved against the repository root)."""
-    from ..paths import resolve
+    from ..core.paths import resolve
 
     path = resolve(path)
     if not path.exists():

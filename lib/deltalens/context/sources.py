@@ -3,7 +3,7 @@
 A :class:`Project` is an in-memory snapshot: every readable ``.py`` file with its module name, text and sha256.
 Files that cannot be used (not UTF-8 / binary, too large, not parseable) are never dropped silently: they are
 listed in ``Project.skipped`` with a reason, and the builder copies that list into the manifest. Bytes become text
-by :func:`deltalens.source_text.decode_source` (UTF-8 only, a leading BOM dropped, newlines ``\\n``), the same rule
+by :func:`deltalens.core.source_text.decode_source` (UTF-8 only, a leading BOM dropped, newlines ``\\n``), the same rule
 as the code-LM corpus.
 """
 
@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..source_text import decode_source
+from ..core.source_text import decode_source
 
 SKIP_DIRS = {"__pycache__", "node_modules", "site-packages", "venv", "env"}
 
@@ -131,7 +131,6 @@ def installed_project(dist_name: str, max_file_bytes: int = 300_000) -> Project:
     except md.PackageNotFoundError:
         raise SourceError(f"installed distribution {dist_name!r} is not installed in this environment") from None
     name = dist.metadata["Name"] or dist_name
-    root = Path(dist.locate_file("")).resolve()
     entries = []
     for f in dist.files or []:
         rel = str(f).replace(os.sep, "/")

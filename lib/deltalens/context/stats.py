@@ -1,6 +1,6 @@
 """The report of a context dataset (notebooks/00_context_dataset.ipynb and ``python -m deltalens.context stats``):
 summary tables, readable renderings, conclusions generated from the numbers, and ``stats.json``, what a report run
-recorded (the notebook's test reads it back). The overview figure is :func:`deltalens.plots.dataset_overview`.
+recorded (the notebook's test reads it back). The overview figure is :func:`deltalens.core.plots.dataset_overview`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def report_params(params_file: str | Path, overrides: dict | None = None) -> dic
     """The ``report:`` section of a dataset params YAML over :data:`REPORT_DEFAULTS`, then ``overrides``."""
     import yaml
 
-    from ..paths import resolve
+    from ..core.paths import resolve
 
     doc = yaml.safe_load(resolve(params_file).read_text()) or {}
     return {**REPORT_DEFAULTS, **(doc.get("report") or {}), **(overrides or {})}
@@ -141,8 +141,8 @@ def conclusions(ds: ContextDataset, tables: dict[str, pd.DataFrame] | None = Non
 def write_stats(ds: ContextDataset, rendered: list[str], figures_dir: str | Path,
                 figure: str = "dataset_overview.png") -> dict:
     """Record what a report run showed in ``<figures_dir>/stats.json`` (sorted keys, atomic) and return it."""
-    from ..paths import project_root, resolve
-    from ..runinfo import write_json
+    from ..core.paths import project_root, resolve
+    from ..core.runinfo import write_json
 
     figures_dir = resolve(figures_dir)
     counts = ds.manifest["counts"]

@@ -53,7 +53,7 @@ def _name_on_line(written: str, line: str) -> bool:
 
 def verify(ds: ContextDataset, root: Path | None = None, max_problems: int = 20) -> dict:
     """Raise :class:`VerificationError` listing the problems found; return counts of what was checked."""
-    from ..paths import project_root
+    from ..core.paths import project_root
 
     root = root or project_root()
     projects = _reload_projects(ds.manifest, root)

@@ -4,6 +4,8 @@ Modules: :mod:`.base` (prompt, completion, errors, the labels table), :mod:`.tem
 :mod:`.parse` (answers -> labels), :mod:`.store` (append-only answer store), :mod:`.run` (resumable runner),
 :mod:`.openai_api`, :mod:`.hf_local`, :mod:`.manual`, :mod:`.reference` (one per labeler kind), :mod:`.quality`
 (metrics against the ground truth), :mod:`.pipeline` (what notebook 02 calls). CLI: ``python -m deltalens.labeling``.
+
+May import: ``core``, ``context``.
 """
 
 from .base import LABEL_COLUMNS, Completion, LabelerFatalError, LabelerUnavailable, LabelPrompt, TransientLabelerError

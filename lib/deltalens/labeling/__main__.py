@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from ..params import ParameterError
-from ..paths import resolve
-from ..runinfo import atomic_write
+from ..core.params import ParameterError
+from ..core.paths import resolve
+from ..core.runinfo import atomic_write
 
 
 def _params(path: str) -> dict:

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from ..context.schema import dataset_fingerprint
-from ..params import ParameterError, check_choice, check_int, check_keys
-from ..paths import resolve
-from ..runinfo import atomic_write, write_json
+from ..core.params import ParameterError, check_choice, check_int, check_keys
+from ..core.paths import resolve
+from ..core.runinfo import atomic_write, write_json
 from .base import LabelerUnavailable
 from .manual import export_prompts, import_answers
 from .run import RunReport, answer_stats, answers_to_labels, label_prompts, labels_frame
@@ -111,13 +111,13 @@ class LabelingRun:
 
 def reference_scores(ds, methods: list[str], query_lines: int, cache: str | Path | None = None,
                      progress: bool = True) -> pd.DataFrame:
-    """:func:`deltalens.similarity.score_dataset`, cached in ``cache`` (parquet + ``.json`` key) when given.
+    """:func:`deltalens.core.similarity.score_dataset`, cached in ``cache`` (parquet + ``.json`` key) when given.
 
     The key holds the dataset's output hashes, the methods, ``query_lines`` and the scoring models, so a cached
     frame is reused only for exactly the same inputs (embedding all chunks takes minutes on a CPU)."""
     import json
 
-    from ..similarity import METHOD_MODELS, score_dataset
+    from ..core.similarity import METHOD_MODELS, score_dataset
 
     key = {"dataset": dataset_fingerprint(ds),
            "methods": list(methods), "query_lines": query_lines, "models": {m: METHOD_MODELS[m] for m in methods}}
@@ -138,7 +138,7 @@ def _shown(path: Path) -> str:
     """A path relative to the repository root when it is inside it (for messages and saved tables)."""
     import os
 
-    from ..paths import project_root
+    from ..core.paths import project_root
 
     root = project_root()
     return os.path.relpath(path, root) if Path(path).resolve().is_relative_to(root) else str(path)
@@ -247,7 +247,7 @@ def summarize(run: LabelingRun, ds, eval_split: str | None) -> LabelingSummary:
 
 def save_run(run: LabelingRun, summary: LabelingSummary, params: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write labels / stats / scores (parquet), metrics.json and params.json into ``out_dir``, each file atomically
-    (:mod:`deltalens.runinfo`; NaN is written as ``null``)."""
+    (:mod:`deltalens.core.runinfo`; NaN is written as ``null``)."""
     out = resolve(out_dir)
     paths = {"labels": out / "labels.parquet", "answers": out / "answer_stats.parquet",
              "metrics": out / "metrics.json", "params": out / "params.json"}

@@ -71,7 +71,7 @@ def label_quality(labels: pd.DataFrame, truth: pd.DataFrame, split: str | None =
 
 def _score_auc(g: pd.DataFrame) -> float:
     """ROC-AUC of the thresholded score (reference labelers; NaN for labelers without a score)."""
-    from ..metrics import auc
+    from ..core.metrics import auc
 
     s = g[g["score"].notna()]
     if len(s) < len(g) or s["relevant"].nunique() < 2:

@@ -1,11 +1,11 @@
 """Reference (non-generative) labelers: a similarity score per chunk, thresholded into relevant / not relevant.
 
-The scores come from :func:`deltalens.similarity.score_dataset` (BM25, TF-IDF, embedding cosine). For each method
+The scores come from :func:`deltalens.core.similarity.score_dataset` (BM25, TF-IDF, embedding cosine). For each method
 one threshold is chosen on the ``fit_split`` (dev) rows only, against the ground truth relevant =
 ``category == "relevant"``, as the threshold of best F1 (:func:`choose_threshold`); it is then applied unchanged to
 every row, so the test split is labelled by a rule that never saw its ground truth.
 
-    from deltalens.similarity import score_dataset
+    from deltalens.core.similarity import score_dataset
     from deltalens.labeling.reference import reference_labels
     labels, thresholds = reference_labels(score_dataset(ds))
 """
@@ -17,8 +17,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from ..params import ParameterError
-from ..similarity import METHOD_MODELS, METHODS
+from ..core.params import ParameterError
+from ..core.similarity import METHOD_MODELS, METHODS
 from .base import LABEL_COLUMNS
 
 KIND = "reference"
@@ -58,7 +58,7 @@ def _check_scores(scores: pd.DataFrame, methods: Iterable[str] | None) -> tuple[
     missing = [c for c in SCORE_KEY_COLUMNS if c not in scores.columns]
     if missing:
         raise ParameterError(f"reference_labels: the scores frame lacks column(s) {missing} "
-                             f"(expected the output of deltalens.similarity.score_dataset)")
+                             f"(expected the output of deltalens.core.similarity.score_dataset)")
     available = [c for c in scores.columns if c not in SCORE_KEY_COLUMNS]
     if methods is None:
         methods = [m for m in METHODS if m in scores.columns]
@@ -80,7 +80,7 @@ def reference_labels(scores: pd.DataFrame, methods: str | Iterable[str] | None =
                      models: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
     """Threshold each method's score into labels: ``(labels, thresholds)``.
 
-    ``scores``: the frame of :func:`deltalens.similarity.score_dataset` (``sample_id, chunk_index, split, category``
+    ``scores``: the frame of :func:`deltalens.core.similarity.score_dataset` (``sample_id, chunk_index, split, category``
     and one column per method). ``methods``: the score columns to use (default: all of bm25 / tfidf / embedding
     present). The threshold of each method is :func:`choose_threshold` on the rows with ``split == fit_split`` only,
     with ground truth ``category == "relevant"``; it is applied to every row (``label = score >= threshold``).
@@ -91,7 +91,7 @@ def reference_labels(scores: pd.DataFrame, methods: str | Iterable[str] | None =
     'tfidf', the embedding model name), template = '', label (pandas 'boolean'; <NA> where the score is NaN),
     confidence NaN, score, status = 'reference'. ``thresholds`` maps method -> threshold.
 
-    Raises :class:`~deltalens.params.ParameterError` (a ``ValueError``) for an unknown method, and when the fit split
+    Raises :class:`~deltalens.core.params.ParameterError` (a ``ValueError``) for an unknown method, and when the fit split
     has no rows or no relevant chunk.
     """
     methods = _check_scores(scores, methods)

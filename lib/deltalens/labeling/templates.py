@@ -17,7 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ..params import ParameterError
+from ..core.params import ParameterError
 from .base import LabelPrompt
 
 CURSOR = "<CURSOR>"
