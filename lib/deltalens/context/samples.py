@@ -53,17 +53,34 @@ def select_candidates(cands: list[tuple[str, int]], p: BuildParams, rng: random.
 def make_sample(index: ProjectIndex, mod: str, line: int, pools: ChunkPools, other_pools: list[ChunkPools],
                 p: BuildParams, split: str, source: str = "builder", line_category: str = "inproject",
                 seed_key: str | None = None) -> tuple[dict, list[dict]] | None:
-    project = index.project
+    """One sample at ``line`` of module ``mod``: its chunks by category (relevant, related, distractor, injected:
+    the random draws in that order, from one generator seeded by the sample), shuffled, then the prompt and the chunk
+    rows. None when the builder finds no relevant chunk for the line."""
     info = index.modules[mod]
-    f = info.file
-    sample_id = f"{project.name}:{f.path}:L{line + 1}"
+    sample_id = f"{index.project.name}:{info.file.path}:L{line + 1}"
     rng = random.Random(f"{p.seed}:{seed_key or sample_id}")
     used = list(info.uses.get(line, []))
-    written = list(info.used_names.get(line, []))
     used_def_names = {d.name for d in used}
-    chunks: list[dict] = []
+    relevant_mods = {d.module for d in used}
+    chunks = relevant_chunks(index, used, p)
+    related, bound_into = related_chunks(rng, index, mod, pools, p, relevant_mods, used_def_names)
+    chunks += related
+    n_injected = p.n_injected if other_pools else 0
+    excluded = {mod} | set(info.imports) | set(bound_into) | index.importers.get(mod, set()) | relevant_mods
+    distractors = distractor_chunks(rng, pools, p, excluded, p.n_chunks - len(chunks) - n_injected, used_def_names)
+    n_missing = p.n_chunks - len(chunks) - n_injected - len(distractors)
+    chunks += distractors
+    n_injected += max(n_missing, 0) if other_pools else 0  # not enough distractors: fill with injected code
+    chunks += injected_chunks(rng, other_pools, p, n_injected, used_def_names)
+    if not any(c["category"] == "relevant" for c in chunks) and source == "builder":
+        return None
+    rng.shuffle(chunks)
+    return assemble_sample(index, mod, line, chunks, p, split, source, line_category, sample_id)
 
-    # 1. relevant
+
+def relevant_chunks(index: ProjectIndex, used: list[Definition], p: BuildParams) -> list[dict]:
+    """The definitions the target line uses (granularity ``definition``), or windows of their modules (``file``)."""
+    project, chunks = index.project, []
     if p.granularity == "definition":
         for d in used[: p.max_relevant]:
             c = line_chunk(project, index.modules[d.module], d.start, d.end, d.name, p.chunk_chars, d.head)
@@ -76,9 +93,14 @@ def make_sample(index: ProjectIndex, mod: str, line: int, pools: ChunkPools, oth
             c = file_window(project, index.modules[m], p.chunk_chars, anchor=by_mod[m][0].head)
             defines = [d.name for d in by_mod[m] if c["start_line"] <= d.head < c["end_line"]]
             chunks.append(dict(c, category="relevant", defines=defines))
-    relevant_mods = {d.module for d in used}
+    return chunks
 
-    # 2. related: modules F imports, whose definitions the line does not use
+
+def related_chunks(rng: random.Random, index: ProjectIndex, mod: str, pools: ChunkPools, p: BuildParams,
+                   relevant_mods: set[str], used_def_names: set[str]) -> tuple[list[dict], dict[str, list[str]]]:
+    """Chunks of modules the file imports whose definitions the line does not use; also the names the file binds
+    from each module (``bound_into``: a related module's chunk prefers them)."""
+    info = index.modules[mod]
     bound_into: dict[str, list[str]] = {}
     for b in info.bindings.values():
         if b[0] == "name":
@@ -88,32 +110,39 @@ def make_sample(index: ProjectIndex, mod: str, line: int, pools: ChunkPools, oth
     related_mods = sorted((set(info.imports) | set(bound_into)) - relevant_mods - {mod})
     related_mods = [m for m in related_mods if m in pools.modules_for(p.granularity)]
     rng.shuffle(related_mods)
-    n_related = 0
+    chunks: list[dict] = []
     for m in related_mods:
-        if n_related >= p.max_related:
+        if len(chunks) >= p.max_related:
             break
         c = pick_chunk(rng, pools, m, p, used_def_names, prefer=bound_into.get(m))
         if c is not None:
             chunks.append(dict(c, category="related", defines=[]))
-            n_related += 1
+    return chunks, bound_into
 
-    # 3. distractors and 4. injected
-    n_injected = p.n_injected if other_pools else 0
-    n_distractor = p.n_chunks - len(chunks) - n_injected
-    excluded = {mod} | set(info.imports) | set(bound_into) | index.importers.get(mod, set()) | relevant_mods
+
+def distractor_chunks(rng: random.Random, pools: ChunkPools, p: BuildParams, excluded: set[str], n: int,
+                      used_def_names: set[str]) -> list[dict]:
+    """Up to ``n`` chunks of the same project from modules with no import link to the file (``excluded``)."""
     dis_mods = [m for m in pools.modules_for(p.granularity) if m not in excluded]
     rng.shuffle(dis_mods)
+    chunks: list[dict] = []
     for m in dis_mods:
-        if n_distractor <= 0:
+        if len(chunks) >= n:
             break
         c = pick_chunk(rng, pools, m, p, used_def_names)
         if c is not None:
             chunks.append(dict(c, category="distractor", defines=[]))
-            n_distractor -= 1
-    n_injected += max(n_distractor, 0) if other_pools else 0  # not enough distractors: fill with injected code
+    return chunks
+
+
+def injected_chunks(rng: random.Random, other_pools: list[ChunkPools], p: BuildParams, n: int,
+                    used_def_names: set[str]) -> list[dict]:
+    """``n`` chunks of other projects (known irrelevant), each module at most once; gives up after 50 x n_chunks
+    tries."""
+    chunks: list[dict] = []
     tries = 0
     seen_inj = set()
-    while n_injected > 0 and other_pools and tries < 50 * p.n_chunks:
+    while len(chunks) < n and other_pools and tries < 50 * p.n_chunks:
         tries += 1
         op = rng.choice(other_pools)
         mods = op.modules_for(p.granularity)
@@ -126,12 +155,15 @@ def make_sample(index: ProjectIndex, mod: str, line: int, pools: ChunkPools, oth
         if c is not None:
             seen_inj.add((op.index.project.name, m))
             chunks.append(dict(c, category="injected", defines=[]))
-            n_injected -= 1
-    if not any(c["category"] == "relevant" for c in chunks) and source == "builder":
-        return None
+    return chunks
 
-    rng.shuffle(chunks)
-    lines = info.lines
+
+def assemble_sample(index: ProjectIndex, mod: str, line: int, chunks: list[dict], p: BuildParams, split: str,
+                    source: str, line_category: str, sample_id: str) -> tuple[dict, list[dict]]:
+    """The sample record (prefix up to ``prefix_chars`` before the line, suffix, prompt with the chunks' character
+    spans) and one row per chunk."""
+    info = index.modules[mod]
+    project, f, lines = index.project, info.file, info.lines
     pstart = line
     total = 0
     while pstart > 0 and (pstart == line or total + len(lines[pstart - 1]) <= p.prefix_chars):
@@ -147,7 +179,8 @@ def make_sample(index: ProjectIndex, mod: str, line: int, pools: ChunkPools, oth
         "sample_id": sample_id, "source": source, "project": project.name, "project_version": project.version,
         "split": split, "path": f.path, "target_line": line, "prefix_start_line": pstart,
         "line_category": line_category, "prefix": prefix, "target": lines[line].rstrip("\n"), "suffix": suffix,
-        "used_names": written, "n_chunks": len(chunks), "prompt": prompt, "query_start": query_start,
+        "used_names": list(info.used_names.get(line, [])), "n_chunks": len(chunks), "prompt": prompt,
+        "query_start": query_start,
     }
     rows = []
     for i, (c, (a, b)) in enumerate(zip(chunks, spans)):
