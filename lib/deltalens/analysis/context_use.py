@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..core.bootstrap import cluster_resamples, interval
 from ..core.chunk_columns import CHUNK_LM, SAMPLES
 from ..core.paths import resolve
 
@@ -23,28 +24,17 @@ CATEGORIES = ("relevant", "related", "distractor", "injected")
 
 def cluster_bootstrap_mean(values: np.ndarray, samples: np.ndarray, projects: np.ndarray, n_boot: int = 1000,
                            seed: int = 0) -> tuple[float, float, float]:
-    """(mean, 2.5 %, 97.5 %) of ``values`` under a projects-then-samples bootstrap. ``samples`` / ``projects`` give
-    each value's sample and project (several values may share a sample: they are drawn together)."""
+    """(mean, 2.5 %, 97.5 %) of ``values`` under a projects-then-samples bootstrap
+    (:func:`~deltalens.core.bootstrap.cluster_resamples`). ``samples`` / ``projects`` give each value's sample and
+    project (several values may share a sample: they are drawn together); NaN values are left out."""
     values, samples, projects = np.asarray(values, float), np.asarray(samples), np.asarray(projects)
     keep = ~np.isnan(values)
     values, samples, projects = values[keep], samples[keep], projects[keep]
     if not len(values):
         return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    by_project: dict = {}
-    for i, (s, p) in enumerate(zip(samples, projects)):
-        by_project.setdefault(p, {}).setdefault(s, []).append(i)
-    groups = [[np.asarray(ix) for ix in smp.values()] for smp in by_project.values()]
-    stats = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = []
-        for g in rng.integers(0, len(groups), len(groups)):
-            members = groups[g]
-            for k in rng.integers(0, len(members), len(members)):
-                idx.append(members[k])
-        stats[b] = values[np.concatenate(idx)].mean()
-    lo, hi = np.percentile(stats, [2.5, 97.5])
-    return float(values.mean()), float(lo), float(hi)
+    weights = cluster_resamples(samples, projects, n_boot, seed).row_weights(samples)  # (n_boot, n_values)
+    lo, hi = interval(weights @ values / weights.sum(1))
+    return float(values.mean()), lo, hi
 
 
 def run_samples(ds, run_dir) -> pd.DataFrame:

@@ -7,7 +7,7 @@ all prompts in one ranking) every score is measured inside each prompt:
 * ``recall@k`` — the share of a prompt's relevant chunks among its ``k`` top-scored chunks (prompts with a relevant
   chunk), and ``ndcg@k`` with binary gains. Ties are broken by a seeded random order, never by row order.
 
-Uncertainty: :func:`cluster_resamples` draws projects with replacement, then samples within each drawn project
+Uncertainty: :func:`~deltalens.core.bootstrap.cluster_resamples` (the project's one bootstrap) draws projects with replacement, then samples within each drawn project
 (a chunk stays with its prompt), and represents each resample as a multiplicity per prompt. Every score is measured
 on the *same* resamples, so the difference of two scores (:func:`paired_difference`) is a paired one, with its own
 interval; verdicts are read from that interval, never from two overlapping ones.
@@ -20,52 +20,15 @@ stratum against all irrelevant chunks.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from ..core.bootstrap import Resamples, cluster_resamples, interval
+
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 METRICS = ("auc", "sample_auc", "recall@k", "ndcg@k")
-
-
-# ---- resamples -------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Resamples:
-    """``weights[b, i]``: how often prompt ``sample_ids[i]`` is drawn in resample ``b`` (projects, then samples)."""
-    sample_ids: np.ndarray   # (n_samples,)
-    projects: np.ndarray     # (n_samples,)
-    weights: np.ndarray      # (n_boot, n_samples) int
-
-    @property
-    def n_boot(self) -> int:
-        return int(self.weights.shape[0])
-
-    def row_weights(self, sample_of_row: np.ndarray) -> np.ndarray:
-        """(n_boot, n_rows): each row (chunk) weighs what its prompt weighs."""
-        pos = pd.Index(self.sample_ids).get_indexer(sample_of_row)
-        if (pos < 0).any():
-            missing = sorted(set(np.asarray(sample_of_row)[pos < 0]))[:3]
-            raise ValueError(f"rows of samples that are not in the resamples, e.g. {missing}")
-        return self.weights[:, pos]
-
-
-def cluster_resamples(sample_ids, projects, n_boot: int = 1000, seed: int = 0) -> Resamples:
-    """Two-stage bootstrap weights over the unique (sample, project) pairs given (one entry per row is fine)."""
-    pairs = pd.DataFrame({"s": np.asarray(sample_ids), "p": np.asarray(projects)}).drop_duplicates("s")
-    clash = pairs.merge(pd.DataFrame({"s": sample_ids, "p2": projects}), on="s").query("p != p2")
-    if len(clash):
-        raise ValueError(f"sample {clash['s'].iloc[0]!r} is given two projects ({clash['p'].iloc[0]!r}, "
-                         f"{clash['p2'].iloc[0]!r})")
-    pairs = pairs.sort_values(["p", "s"]).reset_index(drop=True)
-    members = [np.flatnonzero(pairs["p"].to_numpy() == p) for p in pairs["p"].unique()]
-    rng = np.random.default_rng(seed)
-    w = np.zeros((n_boot, len(pairs)), dtype=np.int64)
-    for b in range(n_boot):
-        for g in rng.integers(0, len(members), len(members)):
-            np.add.at(w[b], members[g][rng.integers(0, len(members[g]), len(members[g]))], 1)
-    return Resamples(pairs["s"].to_numpy(), pairs["p"].to_numpy(), w)
 
 
 # ---- per-prompt metrics ----------------------------------------------------------------------------------------------
@@ -141,16 +104,6 @@ def metric_values(t: pd.DataFrame, score: np.ndarray, truth: str, metric: str, r
     values = per_sample(samples, y, s, metric, k, tiebreak)
     point = float(values.mean()) if values.notna().any() else float("nan")
     return point, (None if res is None else _weighted_mean(values, res))
-
-
-def interval(values: np.ndarray | None) -> tuple[float, float]:
-    if values is None:
-        return float("nan"), float("nan")
-    v = values[~np.isnan(values)]
-    if not len(v):
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(v, [2.5, 97.5])
-    return float(lo), float(hi)
 
 
 # ---- tables ------------------------------------------------------------------------------------------------------------

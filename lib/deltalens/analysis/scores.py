@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from ..core import chunk_columns as cc
+from ..core.bootstrap import cluster_resamples, interval
 from ..core.chunk_columns import ScoreColumn
 from ..core.metrics import auc, pr_auc
-from .ranking import cluster_resamples, interval, metric_values
+from .ranking import metric_values
 from .table import BASELINES, delta_columns, runs_of, within_prompt_columns
 
 DELTA_BEST_LABEL = "Δ best ({run})"

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score, roc_curve
 
+from .bootstrap import cluster_resamples, interval
+
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC-AUC, or NaN when only one class is present (e.g. 'data tokens' of Selective Copying are all important)."""
@@ -35,21 +37,13 @@ def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n:
 
 
 def bootstrap_ci(metric, labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n: int = 200, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of ``metric(labels, scores)``, resampling whole groups (sequences / samples)."""
+    """95 % percentile interval of ``metric(labels, scores)``, resampling whole groups (sequences / samples) with
+    :func:`~deltalens.core.bootstrap.cluster_resamples`; resamples where the metric is NaN are left out."""
     labels, scores, groups = map(np.asarray, (labels, scores, groups))
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n):
-        idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
-        v = metric(labels[idx], scores[idx])
-        if not np.isnan(v):
-            values.append(v)
-    if not values:
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
+    weights = cluster_resamples(groups, n_boot=n, seed=seed).row_weights(groups)  # (n, n_rows)
+    rows = np.arange(len(groups))
+    values = np.array([metric(labels[idx], scores[idx]) for idx in (np.repeat(rows, w) for w in weights)])
+    return interval(values)
 
 
 @dataclass
