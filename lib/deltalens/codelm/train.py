@@ -33,7 +33,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -236,8 +236,6 @@ def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress:
     ``bundle``: read the corpus and the training prompts from a data bundle (:mod:`.bundle`) instead of building
     them on this machine."""
     from ..core.paths import resolve
-    from .corpus import build_corpus
-    from .tokenizer import encode_documents, train_tokenizer
 
     t_start = time.perf_counter()
     out = resolve(out or params.out)
@@ -245,30 +243,101 @@ def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress:
     device = tc.resolved_device()  # a cuda request without a GPU fails here, before any work
     if tc.threads:
         torch.set_num_threads(tc.threads)
-
-    bundled_contexts = None
-    if bundle is not None:
-        from .bundle import read_bundle
-
-        corpus, bundled_contexts = read_bundle(params, bundle)
-    else:
-        corpus = build_corpus(params.corpus)
-    init = None
-    if params.init_from is not None:
-        init = resolve(params.init_from)
-        init_key = existing_key(init)
-        if init_key is None:
-            raise ParameterError(f"codelm: parameter init_from={params.init_from!r}: no model trained by this project "
-                                 "there (config.json, model.safetensors, tokenizer.json, training.json); train it first")
-        key = params.key(corpus.key + ":" + init_key)
-    else:
-        key = params.key(corpus.key)
+    corpus, bundled_contexts = read_corpus(params, bundle)
+    init, init_key, key = reuse_key(params, corpus)
     if not force and existing_key(out) == key:
         os.utime(out / "config.json")  # make's file target is up to date again
         return TrainOutcome(out, True, json.loads((out / "training.json").read_text()))
     t_corpus = time.perf_counter() - t_start
 
     t0 = time.perf_counter()
+    tok = tokenize(params, corpus, init)
+    t_tokenizer = time.perf_counter() - t0
+
+    model = build_model(params, len(tok.tokenizer), init, tok.token_ids).to(device)
+    model.train()
+    opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
+    gen = torch.Generator().manual_seed(params.seed)
+    windows = held_out_windows(tok.held_stream, tc.seq_len, tc.eval_tokens)
+    ctx = context_data(params, tok.tokenizer, bundled_contexts)
+    sampler = curriculum_sampler(params, tok, ctx.ds, gen)
+    on_eval = None
+    if ctx.ds is not None and params.model.arch != "mamba1":  # the trained model is the transformers model itself
+
+        def on_eval(m):
+            gain = held_out_context_gain(m.hf, tok.tokenizer, ctx.ds, params.context, tc.seq_len)
+            m.hf.train()
+            return {"held_out_context_gain": gain["context_gain"]}
+    curve, stopped_by, train_seconds = train_loop(model, opt, tok.train_stream, windows, tc, gen, progress,
+                                                  ctx.sequences, params.context.share, ctx.starts, sampler, on_eval)
+    final = curve[-1]["held_out_loss"] if "held_out_loss" in curve[-1] else held_out_loss(
+        model, windows, tc.eval_batch_size)
+    model.eval()
+
+    model.cpu()  # converted, checked and saved on the CPU, wherever it trained
+    hf = to_transformers_model(model, params, tok.token_ids)
+    with torch.no_grad():  # the saved model is the trained model (checked again after reloading it from disk)
+        probe = windows[:1, :-1]
+        reference = model(probe)
+        conversion_diff = float((hf(probe, use_cache=False).logits - reference).abs().max())
+
+    context_summary = None
+    if ctx.ds is not None:
+        from .context_data import summary as context_data_summary
+
+        context_summary = {**context_data_summary(ctx.ds, ctx.sequences, ctx.skipped), "seconds": round(ctx.seconds, 2),
+                           "held_out_gain": held_out_context_gain(hf, tok.tokenizer, ctx.ds, params.context,
+                                                                  tc.seq_len)}
+    summary = training_record(
+        params, key, corpus, tok, model, hf, conversion_diff=conversion_diff, context_summary=context_summary,
+        sampler=sampler, init=init, init_key=init_key, run=Stopped(curve, stopped_by, train_seconds, device),
+        final=final, windows=windows,
+        seconds={"corpus": round(t_corpus, 2), "tokenizer": round(t_tokenizer, 2), "train": round(train_seconds, 2),
+                 "total": None})
+    _save(out, hf, tokenizer=tok.tokenizer, summary=summary, manifest=corpus.manifest, probe=probe,
+          reference=reference, t_start=t_start)
+    return TrainOutcome(out, False, summary)
+
+
+# ---- the steps of a run ----------------------------------------------------------------------------------------------
+def read_corpus(params: CodeLMParams, bundle: str | Path | None):
+    """(corpus, the bundle's training prompts or None): from a data bundle, or the corpus built on this machine."""
+    if bundle is not None:
+        from .bundle import read_bundle
+
+        return read_bundle(params, bundle)
+    from .corpus import build_corpus
+
+    return build_corpus(params.corpus), None
+
+
+def reuse_key(params: CodeLMParams, corpus) -> tuple[Path | None, str | None, str]:
+    """(the model continued from or None, its key, this run's key): the hash of the parameters and the corpus
+    content (and of the continued model). A model folder with this key is reused instead of trained."""
+    from ..core.paths import resolve
+
+    if params.init_from is None:
+        return None, None, params.key(corpus.key)
+    init = resolve(params.init_from)
+    init_key = existing_key(init)
+    if init_key is None:
+        raise ParameterError(f"codelm: parameter init_from={params.init_from!r}: no model trained by this project "
+                             "there (config.json, model.safetensors, tokenizer.json, training.json); train it first")
+    return init, init_key, params.key(corpus.key + ":" + init_key)
+
+
+@dataclass
+class Tokenized:
+    tokenizer: Any
+    token_ids: dict[str, int]  # bos / eos / pad ids of the saved model's config
+    train_stream: torch.Tensor  # (n_train_tokens,) documents joined by the end-of-text id
+    held_stream: torch.Tensor   # (n_held_out_tokens,)
+
+
+def tokenize(params: CodeLMParams, corpus, init: Path | None) -> Tokenized:
+    """Train the tokenizer on the train files (a continued model keeps its own) and encode both splits."""
+    from .tokenizer import encode_documents, train_tokenizer
+
     if init is not None:  # the continued model keeps its tokenizer
         from transformers import AutoTokenizer
 
@@ -279,74 +348,74 @@ def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress:
     pad_id = tokenizer.convert_tokens_to_ids(params.tokenizer.pad)
     train_stream = token_stream(encode_documents(tokenizer, corpus.texts("train")), eos_id)
     held_stream = token_stream(encode_documents(tokenizer, corpus.texts("held_out")), eos_id)
-    t_tokenizer = time.perf_counter() - t0
-
     token_ids = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
-    model = build_model(params, len(tokenizer), init, token_ids).to(device)
-    model.train()
-    opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas)
-    gen = torch.Generator().manual_seed(params.seed)
-    windows = held_out_windows(held_stream, tc.seq_len, tc.eval_tokens)
+    return Tokenized(tokenizer, token_ids, train_stream, held_stream)
 
-    contexts, starts, ctx_ds, t_context = [], [], None, 0.0
-    if params.context.enabled:
-        from .context_data import build_training_contexts, context_sequences
-        from .corpus import excluded_names
 
-        t1 = time.perf_counter()
-        ctx_ds = (bundled_contexts if bundled_contexts is not None
-                  else build_training_contexts(params.context, excluded_names(params.corpus), params.seed))
-        contexts, skipped_contexts, starts = context_sequences(ctx_ds, tokenizer, params.context, tc.seq_len + 1,
-                                                               split="dev")
-        t_context = time.perf_counter() - t1
-        if not contexts:
-            raise ParameterError("context: the builder made no training prompt; add stdlib_packages / installed")
+@dataclass
+class ContextData:
+    ds: Any = None                                        # the training prompts' dataset, or None (plain code LM)
+    sequences: list = field(default_factory=list)         # tokenised training prompts
+    skipped: Any = None
+    starts: list = field(default_factory=list)            # where each prompt's target line starts
+    seconds: float = 0.0
 
-    sampler = None
-    if params.curriculum.enabled:
-        from .curriculum import CurriculumSampler
 
-        sampler = CurriculumSampler(params.curriculum, train_stream, training_prompts(ctx_ds, params.context),
-                                    tokenizer, params.context.share if ctx_ds is not None else 0.0, tc.seq_len,
-                                    params.context.query_chars, params.context.loss, gen)
-    on_eval = None
-    if ctx_ds is not None and params.model.arch != "mamba1":  # the trained model is the transformers model itself
+def context_data(params: CodeLMParams, tokenizer, bundled) -> ContextData:
+    """The tokenised training prompts (split dev of the training projects) when ``context.enabled``."""
+    if not params.context.enabled:
+        return ContextData()
+    from .context_data import build_training_contexts, context_sequences
+    from .corpus import excluded_names
 
-        def on_eval(m):
-            gain = held_out_context_gain(m.hf, tokenizer, ctx_ds, params.context, tc.seq_len)
-            m.hf.train()
-            return {"held_out_context_gain": gain["context_gain"]}
-    curve, stopped_by, train_seconds = train_loop(model, opt, train_stream, windows, tc, gen, progress, contexts,
-                                                  params.context.share, starts, sampler, on_eval)
-    step = curve[-1]["step"]
-    final = curve[-1]["held_out_loss"] if "held_out_loss" in curve[-1] else held_out_loss(
-        model, windows, tc.eval_batch_size)
-    model.eval()
+    t1 = time.perf_counter()
+    ds = bundled if bundled is not None else build_training_contexts(params.context, excluded_names(params.corpus),
+                                                                     params.seed)
+    sequences, skipped, starts = context_sequences(ds, tokenizer, params.context, params.train.seq_len + 1,
+                                                   split="dev")
+    if not sequences:
+        raise ParameterError("context: the builder made no training prompt; add stdlib_packages / installed")
+    return ContextData(ds, sequences, skipped, starts, time.perf_counter() - t1)
 
-    model.cpu()  # converted, checked and saved on the CPU, wherever it trained
-    hf = to_transformers_model(model, params, token_ids)
-    with torch.no_grad():  # the saved model is the trained model (checked again after reloading it from disk)
-        probe = windows[:1, :-1]
-        reference = model(probe)
-        conversion_diff = float((hf(probe, use_cache=False).logits - reference).abs().max())
 
-    context_summary = None
-    if ctx_ds is not None:
-        from .context_data import summary as context_data_summary
+def curriculum_sampler(params: CodeLMParams, tok: Tokenized, ctx_ds, gen: torch.Generator):
+    """The curriculum's sampler (``curriculum.enabled``), drawing from ``gen``; else None."""
+    if not params.curriculum.enabled:
+        return None
+    from .curriculum import CurriculumSampler
 
-        context_summary = {**context_data_summary(ctx_ds, contexts, skipped_contexts), "seconds": round(t_context, 2),
-                           "held_out_gain": held_out_context_gain(hf, tokenizer, ctx_ds, params.context, tc.seq_len)}
+    return CurriculumSampler(params.curriculum, tok.train_stream, training_prompts(ctx_ds, params.context),
+                             tok.tokenizer, params.context.share if ctx_ds is not None else 0.0, params.train.seq_len,
+                             params.context.query_chars, params.context.loss, gen)
+
+
+@dataclass
+class Stopped:
+    curve: list[dict]   # one record per evaluation
+    stopped_by: str     # max_steps | max_minutes
+    seconds: float
+    device: str
+
+
+def training_record(params: CodeLMParams, key: str, corpus, tok: Tokenized, model: nn.Module, hf, *,
+                    conversion_diff: float, context_summary: dict | None, sampler, init: Path | None,
+                    init_key: str | None, run: Stopped, final: float, windows: torch.Tensor,
+                    seconds: dict) -> dict:
+    """``training.json``: the key, parameters, corpus, tokenizer, model, training, held-out loss, timings, versions
+    and the curve."""
+    tc, step = params.train, run.curve[-1]["step"]
     held_chars = sum(len(t) for t in corpus.texts("held_out"))
-    held_tokens = held_stream.numel() - 1 - sum(1 for _ in corpus.texts("held_out"))  # without the separators
-    summary = {
+    held_tokens = tok.held_stream.numel() - 1 - sum(1 for _ in corpus.texts("held_out"))  # without the separators
+    n_train = tok.train_stream.numel()
+    return {
         "key": key,
         "params": params.content_params(),
         "corpus": {k: corpus.manifest[k] for k in ("python", "excluded_distributions", "content_sha256", "counts")},
         "tokenizer": {
-            "vocab_size": len(tokenizer),
-            "train_tokens": int(train_stream.numel()),
-            "held_out_tokens": int(held_stream.numel()),
-            "train_chars_per_token": corpus.manifest["counts"]["train_chars"] / max(1, train_stream.numel()),
+            "vocab_size": len(tok.tokenizer),
+            "train_tokens": int(n_train),
+            "held_out_tokens": int(tok.held_stream.numel()),
+            "train_chars_per_token": corpus.manifest["counts"]["train_chars"] / max(1, n_train),
         },
         "model": {"n_parameters": model.n_parameters(), "architecture": type(hf).__name__,
                   "conversion_max_abs_logit_diff": conversion_diff},
@@ -357,21 +426,18 @@ def train_code_lm(params: CodeLMParams, out: str | Path | None = None, progress:
                                                     "rename_failures": sampler.rename_failures},
         "init_from": None if init is None else {"path": params.init_from, "key": init_key,
                                                 "training": json.loads((init / "training.json").read_text())["train"]},
-        "train": {"steps": step, "stopped_by": stopped_by, "seconds": round(train_seconds, 2), "device": device,
-                  "device_name": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-                  "steps_per_second": step / train_seconds if train_seconds else None,
+        "train": {"steps": step, "stopped_by": run.stopped_by, "seconds": round(run.seconds, 2), "device": run.device,
+                  "device_name": torch.cuda.get_device_name(0) if run.device == "cuda" else "cpu",
+                  "steps_per_second": step / run.seconds if run.seconds else None,
                   "tokens_seen": step * tc.batch_size * tc.seq_len,
-                  "epochs": step * tc.batch_size * tc.seq_len / max(1, train_stream.numel())},
+                  "epochs": step * tc.batch_size * tc.seq_len / max(1, n_train)},
         "held_out": {"loss": final, "perplexity": math.exp(final), "windows": int(windows.shape[0]),
                      "tokens": int(windows[:, 1:].numel()),
                      "bits_per_char": final / math.log(2) * held_tokens / max(1, held_chars)},
-        "seconds": {"corpus": round(t_corpus, 2), "tokenizer": round(t_tokenizer, 2), "train": round(train_seconds, 2),
-                    "total": None},
+        "seconds": seconds,
         "versions": _versions(),
-        "curve": curve,
+        "curve": run.curve,
     }
-    _save(out, hf, tokenizer, summary, corpus.manifest, probe, reference, t_start)
-    return TrainOutcome(out, False, summary)
 
 
 def build_model(params: CodeLMParams, vocab_size: int, init: Path | None, token_ids: dict[str, int]) -> nn.Module:
