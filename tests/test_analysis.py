@@ -180,6 +180,8 @@ def test_analysis_notebook_tiny(pipeline):
     assert all(r["diff_lo"] <= r["diff"] + 1e-9 <= r["diff_hi"] + 2e-9 or r["verdict"] != "not distinguishable"
                for r in paired)
     assert "**Paired differences**" in results and "**The lexical shortcut**" in results
+    with pytest.raises(TypeError, match="AnalysisResults"):  # the results travel as one named object
+        an.write_results(root / "out2", results)
     # the hidden-attention baseline of the same forward: a dev-chosen score, compared with Δ by a paired difference
     ha = rec[("hidden attention from the prefix end (tiny/context_first)", "relevant")]
     assert ha["column"].startswith("hattn:tiny/context_first:L") and ha["column"].endswith(":prefix_end")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from .report import (  # noqa: F401
                               RESULTS_FILES,
+                              AnalysisResults,
                               conclusions,
                               metric_name,
                               ranking_markdown,

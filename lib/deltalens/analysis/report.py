@@ -4,6 +4,7 @@ as markdown, the conclusions written from the numbers, and the results folder (`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -205,24 +206,60 @@ def results_document(context_md: str, scores: pd.DataFrame, filtering: pd.DataFr
             + answer + "\n")
 
 
-def write_results(out_dir: str | Path, results: str, *, meta: dict, params: dict, scores: pd.DataFrame,
-                  per_category: pd.DataFrame, by_layer: pd.DataFrame, filtering: pd.DataFrame, curves: pd.DataFrame,
-                  choices: list[Choice], context_gain: pd.DataFrame, loo_tables: dict[str, pd.DataFrame],
-                  within_prompt: pd.DataFrame, paired: pd.DataFrame, strata: pd.DataFrame,
-                  table: pd.DataFrame) -> dict[str, Path]:
-    """The results folder, each file written atomically: ``results.md`` (``results``, :func:`results_document`),
-    ``metrics.json`` (every table as records, the parameters and the dev choices), ``filtering_curves.parquet`` (one row
-    per score, budget and sample) and ``chunk_table.parquet`` (``table``). Returns {kind: path}
-    (:data:`RESULTS_FILES`)."""
+@dataclass
+class AnalysisResults:
+    """Everything part 4 measured, named: what :func:`write_results` saves. The tables are test-split tables of
+    :mod:`.scores`, :mod:`.ranking` and :mod:`.context_use`; ``choices`` are the dev choices behind them."""
+
+    meta: dict                          # split sizes, runs, truths, resamples (:func:`~.table.split_meta`)
+    params: dict                        # the notebook's parameters
+    table: pd.DataFrame                 # the chunk table (one row per sample x chunk)
+    context_gain: pd.DataFrame          # per run: context gain and exact match with / without the chunks
+    loo_tables: dict[str, pd.DataFrame]  # per leave-one-out run: the signed gain per chunk category
+    context_md: str                     # the two above as markdown
+    choices: list[Choice]               # every dev choice (layer, statistic, sign)
+    scores: pd.DataFrame                # every score against every ground truth
+    per_category: pd.DataFrame          # relevant vs each kind of irrelevant chunk
+    by_layer: pd.DataFrame              # raw Δ ROC-AUC per run, layer and statistic
+    within_prompt: pd.DataFrame         # mean ROC-AUC, recall@k, nDCG@k inside each prompt
+    paired: pd.DataFrame                # paired differences, pairs fixed on dev
+    strata: pd.DataFrame                # the lexical strata
+    ranking_md: str                     # the three above as markdown
+    curves: pd.DataFrame                # filtering: one row per score, budget and sample
+    filtering: pd.DataFrame             # filtering: the curves summarised per score and budget
+
+    @property
+    def answer(self) -> str:
+        """The conclusions, written from the numbers (:func:`conclusions`)."""
+        return conclusions(self.scores, self.per_category, self.curves, self.paired, self.strata)
+
+    def document(self) -> str:
+        """``results.md`` (:func:`results_document`)."""
+        return results_document(self.context_md, self.scores, self.filtering, self.meta, self.ranking_md,
+                                self.answer)
+
+    def metrics(self) -> dict:
+        """``metrics.json``: every table as records, the parameters and the dev choices."""
+        return {"meta": self.meta, "params": self.params, "scores": records(self.scores),
+                "per_category": records(self.per_category), "auc_by_layer": records(self.by_layer),
+                "filtering": records(self.filtering), "choices": [vars(c) for c in self.choices],
+                "context_gain": records(self.context_gain),
+                "leave_one_out_by_category": {name: records(v) for name, v in self.loo_tables.items()},
+                "within_prompt": records(self.within_prompt), "paired_differences": records(self.paired),
+                "lexical_strata": records(self.strata)}
+
+
+def write_results(out_dir: str | Path, results: AnalysisResults) -> dict[str, Path]:
+    """The results folder, each file written atomically: ``results.md`` (:meth:`AnalysisResults.document`),
+    ``metrics.json`` (:meth:`AnalysisResults.metrics`), ``filtering_curves.parquet`` (one row per score, budget and
+    sample) and ``chunk_table.parquet``. Returns {kind: path} (:data:`RESULTS_FILES`)."""
+    if not isinstance(results, AnalysisResults):
+        raise TypeError(f"write_results: results must be an AnalysisResults, not {type(results).__name__}")
     out = resolve(out_dir)
     paths = {k: out / name for k, name in RESULTS_FILES.items()}
-    atomic_write(paths["results"], lambda p: p.write_text(results))
-    save_json({"meta": meta, "params": params, "scores": records(scores), "per_category": records(per_category),
-               "auc_by_layer": records(by_layer), "filtering": records(filtering),
-               "choices": [vars(c) for c in choices], "context_gain": records(context_gain),
-               "leave_one_out_by_category": {name: records(v) for name, v in loo_tables.items()},
-               "within_prompt": records(within_prompt), "paired_differences": records(paired),
-               "lexical_strata": records(strata)}, paths["metrics"])
-    atomic_write(paths["filtering_curves"], lambda p: curves.to_parquet(p, index=False))
-    atomic_write(paths["chunk_table"], lambda p: table.to_parquet(p, index=False))
+    document = results.document()
+    atomic_write(paths["results"], lambda p: p.write_text(document))
+    save_json(results.metrics(), paths["metrics"])
+    atomic_write(paths["filtering_curves"], lambda p: results.curves.to_parquet(p, index=False))
+    atomic_write(paths["chunk_table"], lambda p: results.table.to_parquet(p, index=False))
     return paths
