@@ -12,7 +12,7 @@ by job, and their public names are re-exported here:
 
 Intervals everywhere are a projects-then-samples bootstrap (:mod:`deltalens.analysis.ranking`).
 
-May import: ``core``, ``delta``, ``context``, ``lm``, ``extract``.
+May import: ``core``, ``delta``, ``context``, ``lm``, ``extract``, ``filter``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..context.subsets import hash_subset
 from ..core.chunk_columns import N_TOKENS, ScoreColumn
+from ..filter.budget import select_within_budget
 from ..lm.forward import forward_all
 from ..lm.loading import set_scan
 from ..lm.prompts import LayoutPolicy, encode
@@ -21,16 +22,9 @@ DEFAULT_BUDGETS = (0.0, 0.1, 0.25, 0.5, 1.0)
 
 
 def keep_by_budget(scores: np.ndarray, n_tokens: np.ndarray, budget: float) -> frozenset[int]:
-    """Chunk positions kept under ``budget`` (see the module docstring); NaN scores rank last."""
-    scores, n_tokens = np.asarray(scores, float), np.asarray(n_tokens, float)
-    limit = budget * np.nansum(n_tokens)
-    order = np.argsort(np.where(np.isnan(scores), np.inf, -scores), kind="stable")
-    kept, used = [], 0.0
-    for i in order:
-        if n_tokens[i] > 0 and used + n_tokens[i] <= limit + 1e-9:
-            kept.append(int(i))
-            used += n_tokens[i]
-    return frozenset(kept)
+    """Chunk positions kept under ``budget`` (a share of all chunks' tokens): the filter's own rule,
+    :func:`deltalens.filter.budget.select_within_budget`; NaN scores rank last."""
+    return select_within_budget(scores, n_tokens, budget * np.nansum(np.asarray(n_tokens, float)))
 
 
 def filter_sample_ids(table: pd.DataFrame, k: int | None, split: str = "test") -> list[str]:
