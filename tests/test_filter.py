@@ -254,3 +254,49 @@ def test_the_readme_example_runs(study, capsys):
     before, after, ratio = printed[0].rsplit("] ", 1)[1].split()
     assert int(after) <= 0.5 * int(before) and float(ratio) == pytest.approx(int(after) / int(before), abs=0.006)
     assert printed[-1].startswith("[") and printed[-2].endswith("return ")   # bm25's kept list; the prompt's end
+
+
+def test_the_filter_benchmark_runs_every_scorer_side_by_side(study, tmp_path):
+    import importlib.util
+
+    root, _, _ = study
+    spec = importlib.util.spec_from_file_location("bench_filter", project_root() / "bench/bench_filter.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "filter_speed.json"
+    r = bench.main(["--model", str(root / "lm"), "--target-model", str(root / "lm"), "--dataset", str(root / "ctx"),
+                    "--split", "dev", "--prompts", "3", "--repeats", "1", "--out", str(out)])
+    rows = {row["scorer"]: row for row in json.loads(out.read_text())["scorers"]}
+    assert rows.keys() == {row["scorer"] for row in r["scorers"]} >= {"bm25", "tfidf", "random", "delta",
+                                                                      "self_information", "leave_one_out"}
+    assert rows["delta"]["scoring_forwards_per_prompt"] == 1.0          # one forward per prompt for all its chunks
+    assert rows["bm25"]["scoring_forwards_per_prompt"] == 0.0
+    assert rows["leave_one_out"]["scoring_forwards_per_prompt"] > 1.0   # one more per chunk
+    assert rows["bm25"]["time_vs_bm25"] == 1.0 and all(v["filter_seconds"] > 0 for v in rows.values())
+
+
+def test_the_llmlingua_shim_returns_its_dict_plus_kept_ids_and_never_exceeds_target_token(study):
+    from deltalens.filter.llmlingua import PromptCompressor
+
+    _, ds, model = study
+    p = prompt_of(ds, ds.samples["sample_id"].iloc[0])
+    contexts = [c.text for c in p.chunks]
+    comp = PromptCompressor(ContextFilter("delta", model, layer=1))
+    tok = model[1]
+    count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    full = count("\n\n".join(["Complete the code."] + contexts + [p.query]))
+    for target in (0, 30, full // 3, full // 2, full):
+        res = comp.compress_prompt(contexts, instruction="Complete the code.", question=p.query, target_token=target)
+        assert {"compressed_prompt", "origin_tokens", "compressed_tokens", "ratio", "rate", "saving",
+                "kept_ids"} <= res.keys()
+        assert res["origin_tokens"] == full and res["compressed_tokens"] == count(res["compressed_prompt"])
+        assert res["compressed_tokens"] <= max(target, count("Complete the code.\n\n" + p.query))
+        assert res["compressed_prompt"] == "\n\n".join(["Complete the code."] + [contexts[i] for i in res["kept_ids"]]
+                                                       + [p.query])
+        assert res["ratio"] == f"{full / res['compressed_tokens']:.1f}x"
+    by_rate = comp.compress_prompt(contexts, question=p.query, rate=0.5)
+    assert sum(count(contexts[i]) for i in by_rate["kept_ids"]) <= 0.5 * sum(count(c) for c in contexts)
+    forced = comp.compress_prompt(contexts, question=p.query, target_token=1, force_context_ids=[2])
+    assert forced["kept_ids"] == [2]
+    with pytest.raises(ValueError, match="rank_method"):
+        comp.compress_prompt(contexts, question=p.query, rank_method="longllmlingua")
