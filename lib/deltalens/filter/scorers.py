@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import warnings
 
 import numpy as np
 
@@ -210,10 +211,13 @@ class LMScorer:
                         encs.append(encode(self.tokenizer, p.sample(), self.policy, drop=[*full.dropped, ci]))
                         owner.append((k, ci))
         capture = self.name in LAYERED
-        results = forward_all(self.lm, encs, batch_tokens=self.batch_tokens, capture=capture,
-                              layers=[self.mixer] if capture else None,
-                              token_nll=self.name == "self_information",
-                              hidden_attention=self.prefix_tokens if self.name == "hidden_attention" else 0)
+        with warnings.catch_warnings():  # a prompt without a target line has no target loss: NaN, not a warning
+            warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+            warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+            results = forward_all(self.lm, encs, batch_tokens=self.batch_tokens, capture=capture,
+                                  layers=[self.mixer] if capture else None,
+                                  token_nll=self.name == "self_information",
+                                  hidden_attention=self.prefix_tokens if self.name == "hidden_attention" else 0)
         full_of = {k: (encs[i], results[i]) for i, (k, ci) in enumerate(owner) if ci is None}
         without: dict[int, dict[int, float]] = {}
         for i, (k, ci) in enumerate(owner):

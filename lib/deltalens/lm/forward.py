@@ -64,7 +64,7 @@ def plan_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 @dataclass
 class ForwardResult:
     stats: list[dict] | None        # per captured layer {stat: (L,) float32 numpy}; None without capture
-    target_loss: float              # mean NLL of the target line, nats/token (NaN: no target line)
+    target_loss: float              # mean NLL of the target line, nats/token
     exact_match: bool               # greedy decoding reproduces the target line (teacher-forced argmax)
     token_nll: np.ndarray | None    # (L,) NLL of every token given what precedes it, NaN at 0; None unless asked
 
@@ -176,10 +176,7 @@ def forward_batch(lm, encs: list[Encoded], *, capture: bool = True, layers=None,
             nll = None
             tgt_nll, tgt_hit = _head_nll(head, hidden[r], row_ids, t0, t1)
         stats = None if per_layer is None else [{k: v[r, :lengths[r]] for k, v in d.items()} for d in per_layer]
-        if len(tgt_nll):
-            out.append(ForwardResult(stats, float(np.mean(tgt_nll)), bool(np.all(tgt_hit)), nll))
-        else:  # no target line (a filter scoring a user's prompt): nothing to measure
-            out.append(ForwardResult(stats, float("nan"), False, nll))
+        out.append(ForwardResult(stats, float(np.mean(tgt_nll)), bool(np.all(tgt_hit)), nll))
     return out
 
 
