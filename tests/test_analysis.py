@@ -139,7 +139,7 @@ def test_analysis_notebook_tiny(pipeline):
     params = {"dataset_dir": str(root / "ctx"), "runs": runs, "labels_dir": str(root / "labels"),
               "model": str(root / "lm"), "filter_run": "tiny/context_first", "filter_samples": 3,
               "budgets": [0.0, 0.5, 1.0], "n_boot": 20, "catboost_iterations": 20, "out_dir": str(root / "out"),
-              "figures_dir": str(root / "fig"), "progress": False}
+              "figures_dir": str(root / "fig"), "progress": False, "judge_model": str(root / "lm2")}
     run_notebook("notebooks/04_analysis.ipynb", root / "04.ipynb", params)
     m = json.loads((root / "out/metrics.json").read_text())
     t = an.add_within_prompt(an.chunk_table(ds, runs, root / "labels"))
@@ -182,6 +182,27 @@ def test_analysis_notebook_tiny(pipeline):
     assert "**Paired differences**" in results and "**The lexical shortcut**" in results
     with pytest.raises(TypeError, match="AnalysisResults"):  # the results travel as one named object
         an.write_results(root / "out2", results)
+    # filtering for a second LM (the Mamba-2 model completes what the Mamba-1 run's scores keep): the budget counted
+    # in its tokenizer, and every difference paired on the same samples
+    judge = pd.read_parquet(root / "out/second_lm_filtering_curves.parquet")
+    second = m["second_lm_filtering"]
+    assert second["reference"] == "TFIDF" and "**Filtering for a second LM**" in results
+    from deltalens.analysis.filtering import chunk_token_counts
+    from deltalens.lm.loading import load_lm
+
+    jtok = load_lm(str(root / "lm2"))[1]
+    counts = chunk_token_counts(ds, t, jtok)
+    sid = judge["sample_id"].iloc[0]
+    g = t[t["sample_id"] == sid].sort_values("chunk_index")
+    assert counts.loc[g.index].tolist() == [len(jtok(x, add_special_tokens=False)["input_ids"])
+                                            for x in ds.chunks.set_index(["sample_id", "chunk_index"]).loc[
+                                                list(zip(g["sample_id"], g["chunk_index"])), "text"]]
+    wide = judge.pivot_table(index="sample_id", columns=["score", "budget"], values="loss")
+    for r in second["rows"]:
+        direct = (wide[(r["score"], r["budget"])] - wide[("TFIDF", r["budget"])]).mean()
+        assert r["loss_vs_ref"] == pytest.approx(direct, abs=1e-9)
+        assert r["loss_vs_full"] == pytest.approx((wide[(r["score"], r["budget"])] - wide[("TFIDF", 1.0)]).mean())
+    assert (judge[judge["budget"] == 1.0].groupby("sample_id")["loss"].nunique() == 1).all()
     # the hidden-attention baseline of the same forward: a dev-chosen score, compared with Δ by a paired difference
     ha = rec[("hidden attention from the prefix end (tiny/context_first)", "relevant")]
     assert ha["column"].startswith("hattn:tiny/context_first:L") and ha["column"].endswith(":prefix_end")

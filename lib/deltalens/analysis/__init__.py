@@ -21,6 +21,7 @@ from .report import (  # noqa: F401
                               RESULTS_FILES,
                               AnalysisResults,
                               conclusions,
+                              judge_markdown,
                               metric_name,
                               ranking_markdown,
                               records,

@@ -37,23 +37,26 @@ def filter_sample_ids(table: pd.DataFrame, k: int | None, split: str = "test") -
 
 def filtering_curves(lm, tokenizer, ds, table: pd.DataFrame, scores: dict[str, tuple[str, float]], run: str,
                      sample_ids: list[str], policy: LayoutPolicy, budgets=DEFAULT_BUDGETS, progress: bool = True,
-                     scan: str = "auto", batch_tokens: int | str = "auto") -> pd.DataFrame:
+                     scan: str = "auto", batch_tokens: int | str = "auto",
+                     chunk_tokens: pd.Series | None = None) -> pd.DataFrame:
     """One row per (score, budget, sample): kept share of context tokens, target loss, greedy exact match.
 
     ``scores``: name -> (column of ``table``, sign). ``run``: the extraction run whose ``n_tokens:<run>`` column
-    measures chunk sizes (chunks it dropped by truncation are never kept). ``policy``: the run's layout (an
-    extraction config's ``.layout``). The distinct kept sets of a sample go through the model as one batch."""
+    measures chunk sizes (chunks it dropped by truncation are never kept), unless ``chunk_tokens`` (indexed like
+    ``table``; :func:`chunk_token_counts`) gives them — a second LM completing counts the budget in its own
+    tokenizer. ``policy``: the run's layout (an extraction config's ``.layout``). The distinct kept sets of a sample
+    go through the model as one batch."""
     from tqdm.auto import tqdm
 
     set_scan(lm, scan)
     rows = []
     tok_col = ScoreColumn(N_TOKENS, run).name
-    if tok_col not in table.columns:
+    if chunk_tokens is None and tok_col not in table.columns:
         raise ValueError(f"the chunk table has no {tok_col!r}: extraction run {run!r} is not in it")
     for sid in tqdm(sample_ids, desc="filtering", unit="sample", disable=not progress):
         g = table[table["sample_id"] == sid].sort_values("chunk_index")
         sample = ds.sample(sid)
-        n_tok = g[tok_col].fillna(0).to_numpy(float)
+        n_tok = (g[tok_col] if chunk_tokens is None else chunk_tokens.loc[g.index]).fillna(0).to_numpy(float)
         idx = g["chunk_index"].to_numpy()
         total = n_tok.sum()
         plan = [(name, b, keep_by_budget(sign * g[col].to_numpy(float), n_tok, b))
@@ -74,3 +77,61 @@ def summarize_curves(curves: pd.DataFrame) -> pd.DataFrame:
     return (curves.groupby(["score", "budget"], sort=False)
             .agg(loss=("loss", "mean"), exact_match=("exact_match", "mean"), kept_share=("kept_share", "mean"),
                  samples=("sample_id", "nunique")).reset_index())
+
+
+def chunk_token_counts(ds, table: pd.DataFrame, tokenizer) -> pd.Series:
+    """Every chunk's size in ``tokenizer``'s tokens (its text alone, no special tokens: the filter's count,
+    :class:`deltalens.filter.TokenCounter`), indexed like ``table``."""
+    from ..filter.context_filter import TokenCounter
+
+    texts = ds.chunks.set_index(["sample_id", "chunk_index"])["text"]
+    keys = pd.MultiIndex.from_arrays([table["sample_id"], table["chunk_index"]])
+    missing = ~keys.isin(texts.index)
+    if missing.any():
+        raise ValueError(f"{int(missing.sum())} chunk-table rows are not chunks of the dataset, e.g. "
+                         f"{keys[missing][0]}")
+    return pd.Series(TokenCounter(tokenizer).sizes(list(texts.loc[keys])), index=table.index, dtype=float)
+
+
+def budget_differences(curves: pd.DataFrame, projects: pd.Series, reference: str, n_boot: int = 1000,
+                       seed: int = 0) -> pd.DataFrame:
+    """Paired differences per (score, budget) on the same samples: the score's target loss and exact match minus
+    ``reference``'s at the same budget, and minus the full prompt's (budget 1), each with a 95 % interval from a
+    projects-then-samples bootstrap (:func:`deltalens.core.bootstrap.cluster_resamples`; ``projects``: sample id ->
+    project). Negative loss differences: the score's kept chunks serve the completing LM better."""
+    from ..core.bootstrap import cluster_resamples, interval
+
+    if reference not in set(curves["score"]):
+        raise ValueError(f"budget_differences: reference score {reference!r} is not in the curves")
+    if 1.0 not in set(curves["budget"]):
+        raise ValueError("budget_differences: the curves have no budget 1.0 (the full prompt)")
+    c = curves.assign(exact_match=curves["exact_match"].astype(float))
+    wide = c.pivot_table(index="sample_id", columns=["score", "budget"], values=["loss", "exact_match"],
+                         aggfunc="first")
+    samples = wide.index.to_numpy()
+    w = cluster_resamples(samples, projects.loc[samples].to_numpy(), n_boot, seed).row_weights(samples)
+    w = w.astype(float)
+
+    def paired(d: np.ndarray) -> tuple[float, float, float]:
+        ok = ~np.isnan(d)
+        den = w[:, ok].sum(1)
+        boot = np.where(den > 0, w[:, ok] @ d[ok] / np.where(den > 0, den, 1), np.nan)
+        lo, hi = interval(boot)
+        return float(np.nanmean(d)), lo, hi
+
+    full = {m: wide[(m, reference, 1.0)].to_numpy(float) for m in ("loss", "exact_match")}
+    rows = []
+    for score in dict.fromkeys(c["score"]):
+        for budget in sorted(set(c["budget"])):
+            row = {"score": score, "budget": budget, "samples": len(samples),
+                   "kept_share": float(c[(c["score"] == score) & (c["budget"] == budget)]["kept_share"].mean())}
+            for m in ("loss", "exact_match"):
+                mine = wide[(m, score, budget)].to_numpy(float)
+                row[m] = float(np.nanmean(mine))
+                for name, other in (("ref", wide[(m, reference, budget)].to_numpy(float)), ("full", full[m])):
+                    d, lo, hi = paired(mine - other)
+                    row.update({f"{m}_vs_{name}": d, f"{m}_vs_{name}_lo": lo, f"{m}_vs_{name}_hi": hi})
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    out.attrs.update(reference=reference, n_boot=n_boot)
+    return out

@@ -18,6 +18,7 @@ from .scores import DELTA_KINDS, HIDDEN_ATTENTION, UPPER_BOUND, Choice
 
 RESULTS_FILES = {"results": "results.md", "metrics": "metrics.json", "filtering_curves": "filtering_curves.parquet",
                  "chunk_table": "chunk_table.parquet"}
+JUDGE_CURVES = "second_lm_filtering_curves.parquet"   # written when a second LM completed (AnalysisResults.judge_curves)
 
 
 def _is_helps(truth: str) -> bool:
@@ -197,13 +198,54 @@ def records(df: pd.DataFrame) -> list[dict]:
     return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()} for r in df.to_dict("records")]
 
 
+def _diff(r, key: str) -> str:
+    v, lo, hi = r[key], r[f"{key}_lo"], r[f"{key}_hi"]
+    return "–" if pd.isna(v) else f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def judge_markdown(diffs: pd.DataFrame, judge: str, scorer_model: str, delta_scores: list[str]) -> str:
+    """The filtering curves with a second LM completing (:func:`deltalens.analysis.filtering.budget_differences`):
+    one row per score and budget strictly between 0 and 1, the paired differences against the reference score and
+    the full prompt, then one generated sentence per Δ score and budget."""
+    ref, n_boot = diffs.attrs.get("reference"), diffs.attrs.get("n_boot")
+    n = int(diffs["samples"].iloc[0]) if len(diffs) else 0
+    base = diffs[diffs["budget"] == 0.0]
+    full = diffs[diffs["budget"] == 1.0]
+    out = [f"**Filtering for a second LM** (`{judge}` completes the target line; the chunks are ranked by scores of "
+           f"`{scorer_model}`'s run and the baselines, and the budget is counted in the completing LM's tokenizer; "
+           f"{n} test samples; differences are paired on the same samples, {n_boot} resamples of projects, then "
+           "samples). Target-line loss in nats/token, lower is better:", ""]
+    if len(base) and len(full):
+        out += [f"Without any chunk the loss is {base['loss'].iloc[0]:.3f} (exact match {base['exact_match'].iloc[0]:.3f}); "
+                f"with every chunk {full['loss'].iloc[0]:.3f} (exact match {full['exact_match'].iloc[0]:.3f}).", ""]
+    out += [f"| score | budget | kept share | loss | loss − {ref} [95 % CI] | loss − full prompt [95 % CI] | "
+            f"exact match | exact match − {ref} |", "|---|---|---|---|---|---|---|---|"]
+    mid = diffs[(diffs["budget"] > 0) & (diffs["budget"] < 1)]
+    for _, r in mid.iterrows():
+        out.append(f"| {r['score']} | {r['budget']:g} | {r['kept_share']:.2f} | {r['loss']:.3f} | "
+                   f"{_diff(r, 'loss_vs_ref') if r['score'] != ref else '–'} | {_diff(r, 'loss_vs_full')} | "
+                   f"{r['exact_match']:.3f} | {_diff(r, 'exact_match_vs_ref') if r['score'] != ref else '–'} |")
+    said = []
+    for name in delta_scores:
+        for _, r in mid[mid["score"] == name].iterrows():
+            lo, hi = r["loss_vs_ref_lo"], r["loss_vs_ref_hi"]
+            verdict = (f"better than {ref}" if hi < 0 else f"worse than {ref}" if lo > 0
+                       else f"not distinguishable from {ref}")
+            said.append(f"at budget {r['budget']:g}, {name} keeps chunks that are {verdict} for the second LM "
+                        f"(loss difference {_diff(r, 'loss_vs_ref')})")
+    if said:
+        out += ["", "From these numbers: " + "; ".join(said) + "."]
+    return "\n".join(out) + "\n"
+
+
 def results_document(context_md: str, scores: pd.DataFrame, filtering: pd.DataFrame | None, meta: dict,
-                     ranking_md: str, answer: str) -> str:
+                     ranking_md: str, answer: str, judge_md: str = "") -> str:
     """results.md: whether the models read their context, the results table (:func:`results_markdown`), the
-    within-prompt tables (:func:`ranking_markdown`) and the answer (:func:`conclusions`)."""
+    within-prompt tables (:func:`ranking_markdown`), the filtering for a second LM (:func:`judge_markdown`, when
+    measured) and the answer (:func:`conclusions`)."""
     return ("**Does the model read its context?** (test split)\n\n" + context_md + "\n"
-            + results_markdown(scores, filtering, meta) + "\n" + ranking_md + "\n**Answer, from these numbers:**\n\n"
-            + answer + "\n")
+            + results_markdown(scores, filtering, meta) + "\n" + ranking_md + "\n"
+            + (judge_md + "\n" if judge_md else "") + "**Answer, from these numbers:**\n\n" + answer + "\n")
 
 
 @dataclass
@@ -227,6 +269,9 @@ class AnalysisResults:
     ranking_md: str                     # the three above as markdown
     curves: pd.DataFrame                # filtering: one row per score, budget and sample
     filtering: pd.DataFrame             # filtering: the curves summarised per score and budget
+    judge_curves: pd.DataFrame | None = None       # filtering with a second LM completing (None: not measured)
+    judge_differences: pd.DataFrame | None = None  # its paired differences per score and budget
+    judge_md: str = ""                              # the two above as markdown
 
     @property
     def answer(self) -> str:
@@ -236,7 +281,7 @@ class AnalysisResults:
     def document(self) -> str:
         """``results.md`` (:func:`results_document`)."""
         return results_document(self.context_md, self.scores, self.filtering, self.meta, self.ranking_md,
-                                self.answer)
+                                self.answer, self.judge_md)
 
     def metrics(self) -> dict:
         """``metrics.json``: every table as records, the parameters and the dev choices."""
@@ -246,7 +291,10 @@ class AnalysisResults:
                 "context_gain": records(self.context_gain),
                 "leave_one_out_by_category": {name: records(v) for name, v in self.loo_tables.items()},
                 "within_prompt": records(self.within_prompt), "paired_differences": records(self.paired),
-                "lexical_strata": records(self.strata)}
+                "lexical_strata": records(self.strata),
+                **({} if self.judge_differences is None else
+                   {"second_lm_filtering": {**self.judge_differences.attrs,
+                                            "rows": records(self.judge_differences)}})}
 
 
 def write_results(out_dir: str | Path, results: AnalysisResults) -> dict[str, Path]:
@@ -262,4 +310,7 @@ def write_results(out_dir: str | Path, results: AnalysisResults) -> dict[str, Pa
     save_json(results.metrics(), paths["metrics"])
     atomic_write(paths["filtering_curves"], lambda p: results.curves.to_parquet(p, index=False))
     atomic_write(paths["chunk_table"], lambda p: results.table.to_parquet(p, index=False))
+    if results.judge_curves is not None:
+        paths["judge_curves"] = out / JUDGE_CURVES
+        atomic_write(paths["judge_curves"], lambda p: results.judge_curves.to_parquet(p, index=False))
     return paths
