@@ -33,7 +33,7 @@ SYN_EXT_NAMES  := $(basename $(notdir $(SYN_EXT_PARAMS)))
 SYN_EXT_NBS    := $(SYN_EXT_NAMES:%=$(EXECUTED)/01_synthetic_extended/%.ipynb)
 SYN_EXT_SUMMARY := reports/synthetic/summary_extended.csv
 
-.PHONY: help env lab synthetic synthetic-extended all test smoke bench bench-gpu bench-gpu-codestral bench-gpu-tiny clean clean-models lock
+.PHONY: help env lab synthetic synthetic-extended all test smoke bench bench-filter bench-gpu bench-gpu-codestral bench-gpu-tiny clean clean-models lock
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z0-9_/%.-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -84,10 +84,13 @@ smoke: code-lm-smoke | $(ENV_STAMP) ## execute every notebook once with tiny par
 test: $(ENV_STAMP) ## unit tests + every notebook through papermill with tiny parameters
 	$(PY) -m pytest -q
 
-bench: bench-extract bench-dataset bench-gpu-tiny | $(ENV_STAMP) ## every CPU benchmark -> reports/bench/ (GPU: make bench-gpu)
+bench: bench-extract bench-dataset bench-gpu-tiny bench-filter | $(ENV_STAMP) ## every CPU benchmark -> reports/bench/ (GPU: make bench-gpu)
 	$(PY) bench/bench_capture.py --out reports/bench/capture_overhead.json
 	$(PY) bench/bench_time_to_target.py --out reports/bench/time_to_target.csv
 	$(PY) bench/bench_copy_diagnostics.py --cpu-tiny --out reports/bench/copy_diagnostics_tiny.json
+
+bench-filter: $(CODELM) $(CODELM_PLAIN) $(DATASET_LOCAL) | $(ENV_STAMP) ## every filter scorer side by side: speed, forwards per prompt, when filtering pays
+	$(PY) bench/bench_filter.py --dataset $(DATASET_LOCAL_DIR) --out reports/bench/filter_speed.json
 
 bench-gpu: $(DATASET) | $(ENV_STAMP) ## falcon-mamba-7b-shaped random model on a CUDA GPU: paths, tokens/s, memory, hours
 	$(PY) bench/bench_gpu_scale.py --out reports/bench/gpu_scale.json
