@@ -300,3 +300,42 @@ def test_the_llmlingua_shim_returns_its_dict_plus_kept_ids_and_never_exceeds_tar
     assert forced["kept_ids"] == [2]
     with pytest.raises(ValueError, match="rank_method"):
         comp.compress_prompt(contexts, question=p.query, rank_method="longllmlingua")
+
+
+def test_the_langchain_compressor_returns_the_callers_documents_with_scores():
+    documents = pytest.importorskip("langchain_core.documents")
+    from deltalens.filter.adapters import langchain_compressor
+
+    docs = [documents.Document(page_content=t, metadata={"source": f"m{i}.py", "mine": i}, id=f"d{i}")
+            for i, t in enumerate(["def route(x): pass\n", "import os\n", "def route_all(xs): pass\n"])]
+    f = ContextFilter("bm25")
+    compressor = langchain_compressor(f, rate=0.9)
+    assert isinstance(compressor, documents.BaseDocumentCompressor)
+    kept = compressor.compress_documents(docs, "def handler(x):\n    return route(")
+    direct = f.filter([{"text": d.page_content, "path": d.metadata["source"]} for d in docs],
+                      "def handler(x):\n    return route(", rate=0.9)
+    assert [d.id for d in kept] == [docs[i].id for i in direct.kept] and len(kept) < len(docs)
+    for d in kept:
+        i = d.metadata["deltalens_index"]
+        assert d.page_content == docs[i].page_content and d.metadata["mine"] == i
+        assert d.metadata["deltalens_score"] == direct.scores[i] and d.metadata["deltalens_rank"] == direct.ranks[i]
+    assert all("deltalens_score" not in d.metadata for d in docs)   # the caller's documents are left as they were
+    with pytest.raises(ValueError, match="exactly one"):
+        langchain_compressor(f)
+
+
+def test_the_llamaindex_postprocessor_returns_the_callers_nodes_with_scores():
+    schema = pytest.importorskip("llama_index.core.schema")
+    from deltalens.filter.adapters import llamaindex_postprocessor
+
+    nodes = [schema.NodeWithScore(node=schema.TextNode(text=t, metadata={"file_path": f"m{i}.py"}), score=0.0)
+             for i, t in enumerate(["def route(x): pass\n", "import os\n", "def route_all(xs): pass\n"])]
+    f = ContextFilter("tfidf")
+    post = llamaindex_postprocessor(f, rate=0.9, order="score")
+    kept = post.postprocess_nodes(nodes, query_str="def handler(x):\n    return route(")
+    direct = f.filter([n.node.get_content() for n in nodes], "def handler(x):\n    return route(", rate=0.9,
+                      order="score")
+    assert len(kept) == len(direct.kept) and all(k.node is nodes[i].node for k, i in zip(kept, direct.kept))  # same nodes
+    assert [k.score for k in kept] == [direct.scores[i] for i in direct.kept]
+    with pytest.raises(ValueError, match="needs the query"):
+        post.postprocess_nodes(nodes)

@@ -5,7 +5,8 @@ Modules: :mod:`.context_filter` (``ContextFilter``: ``filter`` / ``filter_many``
 leave-one-out, BM25, TF-IDF, embedding, random), :mod:`.budget` (the one rule of what fits a token budget, also
 part 4's), :mod:`.prompts` (the prompt schema and its JSONL file, checked line by line), :mod:`.cli`
 (``python -m deltalens.filter``: resumable, append-only), :mod:`.llmlingua` (LLMLingua's ``compress_prompt`` call
-on any filter, its dict plus the kept ids).
+on any filter, its dict plus the kept ids), :mod:`.adapters` (a LangChain document compressor and a LlamaIndex node
+postprocessor, each framework imported only when its adapter is built).
 
     from deltalens.filter import ContextFilter
     f = ContextFilter.from_analysis("reports/analysis/metrics.json")     # the Δ score notebook 04 chose on dev
