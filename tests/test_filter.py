@@ -339,3 +339,19 @@ def test_the_llamaindex_postprocessor_returns_the_callers_nodes_with_scores():
     assert [k.score for k in kept] == [direct.scores[i] for i in direct.kept]
     with pytest.raises(ValueError, match="needs the query"):
         post.postprocess_nodes(nodes)
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto", "cuda"])
+def test_every_device_filters_or_says_why_not(study, device):
+    import torch
+
+    root, ds, _ = study
+    p = prompt_of(ds, ds.samples["sample_id"].iloc[0])
+    if device == "cuda" and not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+            ContextFilter("delta", str(root / "lm"), layer=1, device=device)
+        return
+    f = ContextFilter("delta", str(root / "lm"), layer=1, device=device)
+    r = f.filter_many([p], rate=0.5)[0]
+    cpu = ContextFilter("delta", str(root / "lm"), layer=1).filter_many([p], rate=0.5)[0]
+    np.testing.assert_allclose(r.scores, cpu.scores, rtol=1e-3, atol=1e-5)
