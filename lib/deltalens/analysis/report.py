@@ -203,6 +203,9 @@ def _diff(r, key: str) -> str:
     return "–" if pd.isna(v) else f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
+JUDGE_MIN_GAIN = 0.05   # nats/token: below this context gain of the completing LM, filtering cannot show a difference
+
+
 def judge_markdown(diffs: pd.DataFrame, judge: str, scorer_model: str, delta_scores: list[str]) -> str:
     """The filtering curves with a second LM completing (:func:`deltalens.analysis.filtering.budget_differences`):
     one row per score and budget strictly between 0 and 1, the paired differences against the reference score and
@@ -216,8 +219,13 @@ def judge_markdown(diffs: pd.DataFrame, judge: str, scorer_model: str, delta_sco
            f"{n} test samples; differences are paired on the same samples, {n_boot} resamples of projects, then "
            "samples). Target-line loss in nats/token, lower is better:", ""]
     if len(base) and len(full):
+        gain = base["loss"].iloc[0] - full["loss"].iloc[0]
         out += [f"Without any chunk the loss is {base['loss'].iloc[0]:.3f} (exact match {base['exact_match'].iloc[0]:.3f}); "
-                f"with every chunk {full['loss'].iloc[0]:.3f} (exact match {full['exact_match'].iloc[0]:.3f}).", ""]
+                f"with every chunk {full['loss'].iloc[0]:.3f} (exact match {full['exact_match'].iloc[0]:.3f}): the "
+                f"second LM's context gain on these samples is {gain:+.3f} nats/token."
+                + (" No filter can move its loss by much more than that, so "
+                   "these rows cannot tell the filters apart until the completing LM reads its context."
+                   if gain < JUDGE_MIN_GAIN else ""), ""]
     out += [f"| score | budget | kept share | loss | loss − {ref} [95 % CI] | loss − full prompt [95 % CI] | "
             f"exact match | exact match − {ref} |", "|---|---|---|---|---|---|---|---|"]
     mid = diffs[(diffs["budget"] > 0) & (diffs["budget"] < 1)]
