@@ -26,7 +26,8 @@ import torch
 from deltalens.context import load
 from deltalens.core.paths import resolve
 from deltalens.core.runinfo import package_versions, write_json
-from deltalens.filter import ContextFilter, make_prompt
+from deltalens.filter import ContextFilter
+from deltalens.filter.prompts import prompt_from_sample
 from deltalens.lm.forward import forward_all
 from deltalens.lm.loading import load_lm, model_facts
 from deltalens.lm.prompts import LayoutPolicy, encode
@@ -38,13 +39,7 @@ SCORERS = [("bm25", {}), ("tfidf", {}), ("random", {}), ("embedding", {}), ("del
 
 def prompts_of(ds, n: int, split: str) -> list:
     ids = list(ds.samples.loc[ds.samples["split"] == split, "sample_id"])[:n]
-    out = []
-    for sid in ids:
-        s = ds.sample(sid)
-        out.append(make_prompt({"id": sid, "query": s["prefix"], "path": s["path"], "target": s["target"],
-                                "chunks": [{"text": c["text"], "path": c["path"]}
-                                           for c in sorted(s["chunks"], key=lambda c: c["chunk_index"])]}))
-    return out
+    return [prompt_from_sample(ds.sample(sid)) for sid in ids]
 
 
 class ForwardCounter:

@@ -19,6 +19,7 @@ from deltalens.core.similarity import TfidfScorer, bm25_scores, query_text
 from deltalens.filter import (ContextFilter, FilterPrompt, PromptError, make_prompt, rank_order, read_prompts,
                               select_within_budget)
 from deltalens.filter.cli import main as cli_main
+from deltalens.filter.prompts import prompt_from_sample
 from deltalens.lm.prompts import layout
 
 LM_CASES = [("delta", {"layer": 1, "stat": "mean"}, "mean"), ("delta", {"layer": 0, "stat": "l2"}, "l2"),
@@ -44,10 +45,7 @@ def study(tmp_path_factory):
 
 
 def prompt_of(ds, sid) -> FilterPrompt:
-    s = ds.sample(sid)
-    return make_prompt({"id": sid, "query": s["prefix"], "path": s["path"], "target": s["target"],
-                        "chunks": [{"text": c["text"], "path": c["path"]}
-                                   for c in sorted(s["chunks"], key=lambda c: c["chunk_index"])]})
+    return prompt_from_sample(ds.sample(sid))
 
 
 @pytest.mark.parametrize("scorer,options,column", LM_CASES, ids=[f"{c[0]}-{c[2]}" for c in LM_CASES])

@@ -28,7 +28,7 @@ from ..core.chunk_columns import DECIM, DELTA, HATTN, LOSS_GAIN, SELFINFO, Score
 from ..core.params import ParameterError, check_choice, check_float, check_int
 from .budget import rank_order, select_within_budget
 from .prompts import FilterPrompt, check_unique, make_prompt
-from .scorers import check_prompts, make_scorer
+from .scorers import LM_SCORERS, check_prompts, make_scorer
 
 ORDERS = ("original", "score")   # the kept chunks in the prompt's order, or best first
 
@@ -126,7 +126,7 @@ class ContextFilter:
                                  f"{path}; a kind or a name of: {listed}")
         c = picked[0]
         scorer, opts = scorer_of_column(c["column"], c["sign"])
-        if scorer in ("delta", "decimation", "hidden_attention", "self_information", "leave_one_out"):
+        if scorer in LM_SCORERS:
             if model is None:
                 from ..extract.config import config_from_run
 

@@ -102,6 +102,14 @@ def make_prompt(row, where: str = "prompt") -> FilterPrompt:
                         tuple(dict.fromkeys(keep)))
 
 
+def prompt_from_sample(sample: dict) -> FilterPrompt:
+    """The prompt of a dataset sample (``ContextDataset.sample``): its prefix as the query, its chunks in
+    ``chunk_index`` order with their paths, its target line — what extraction laid out for that sample."""
+    chunks = sorted(sample["chunks"], key=lambda c: c["chunk_index"])
+    return make_prompt({"id": sample["sample_id"], "query": sample["prefix"], "path": sample["path"],
+                        "target": sample["target"], "chunks": [{"text": c["text"], "path": c["path"]} for c in chunks]})
+
+
 def read_prompts(path: str | Path) -> list[FilterPrompt]:
     """Every prompt of a JSONL file, each line checked (JSON, schema, unique ids) before anything else runs; the
     first bad line raises :class:`PromptError` naming the file, the line and the field."""
