@@ -10,11 +10,13 @@ evaluation projects; the copy probes come from its held-out files):
    for Mamba-1, transformers' chunked torch scan for Mamba-2 and the Mamba-2 layers of the hybrid, attention): the
    loss on a repeated span must reach the embeddings of its first occurrence.
 2. **Same batches, same steps**: one small model per family (``--families``; equal width and depth) trained from the
-   same seed on the same sequence stream — repeated spans at a distance (scored on the repeat) mixed with plain code
-   windows — with the trainer's own loss and optimizer; then the copy curve of each. The attention model is the
-   instrument check: if it does not copy, the data pipeline is wrong, not the SSM.
-3. **The copy curve** (gap = loss on the first occurrence minus on the repeat, nats/token, per span length
-   8/16/32/64/256 and distance) of the trained families and of any saved code LM given with ``--models``.
+   same seed on the same sequence stream — repeated code spans and repeated random-token spans at a distance (scored
+   on the repeat; ``--span-share`` / ``--random-span-share``) mixed with plain code windows — with the trainer's own
+   loss and optimizer; then the copy curves of each. The attention model is the instrument check: if it does not copy
+   random spans (the pure induction signal), the data pipeline is wrong, not the SSM.
+3. **The copy curves** (gap = loss on the first occurrence minus on the repeat, nats/token, per span length
+   8/16/32/64/256 and distance), of code spans and of random-token spans, of the trained families and of any saved
+   code LM given with ``--models``.
 
 Also the seconds per training step of each family (forward + backward of ``--batch`` sequences of ``--seq-len``):
 the throughput the code-LM budget is planned from.
@@ -86,7 +88,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--span-share", type=float, default=0.5, help="share of the training sequences that repeat a span")
+    ap.add_argument("--span-share", type=float, default=0.25, help="share of the training sequences that repeat a code span")
+    ap.add_argument("--random-span-share", type=float, default=0.25,
+                    help="share of the training sequences that repeat a random-token span")
     ap.add_argument("--probe-spans", default="8,16,32,64,256")
     ap.add_argument("--probe-distances", default="64,512")
     ap.add_argument("--probes", type=int, default=16, help="sequences per (span, distance)")
@@ -112,7 +116,16 @@ def main(argv=None) -> dict:
         out.write_text(json.dumps(result, indent=1) + "\n")
 
     names = args.families.split(",")
-    curriculum = CurriculumConfig(spans=(args.span_share, args.span_share), span_lengths=(8, 16, 32, 64))
+    curriculum = CurriculumConfig(spans=(args.span_share, args.span_share), span_lengths=(8, 16, 32, 64),
+                                  random_spans=(args.random_span_share, args.random_span_share),
+                                  random_span_lengths=(8, 16, 32, 64))
+    special = set(tok.all_special_ids)
+    random_ids = torch.tensor([i for i in range(vocab) if i not in special])
+
+    def curves(model):  # code spans, then random-token spans: the same (span, distance) grid
+        return [asdict(p) for ids in (None, random_ids)
+                for p in copy_curve(model, held, spans, distances, args.probes, args.seed, random_ids=ids)]
+
     for name in names:
         cfg = family_config(name, args.d_model, args.layers, args.cpu_tiny)
         model = build(name, cfg, vocab, args.seed)
@@ -120,8 +133,7 @@ def main(argv=None) -> dict:
         grad = first_occurrence_gradient(model, seq, first, repeat, 16)
         row: dict = {"model": asdict(cfg), "parameters": int(sum(p.numel() for p in model.parameters())),
                      "gradient_at_init": grad,
-                     "copy_at_init": [asdict(p) for p in copy_curve(model, held, spans, distances, args.probes,
-                                                                   args.seed)]}
+                     "copy_at_init": curves(model)}
         opt = torch.optim.AdamW(param_groups(model, 0.1), lr=args.lr, betas=(0.9, 0.95))
         gen = torch.Generator().manual_seed(args.seed)  # the same stream of sequences for every family
         sampler = CurriculumSampler(curriculum, train, [], tok, 0.0, args.seq_len, 0, "all", gen)
@@ -141,14 +153,13 @@ def main(argv=None) -> dict:
                     "seconds_per_step": seconds / max(1, args.steps), "drawn": sampler.counts,
                     "train_loss_first_last": [losses[0], losses[-1]] if losses else None,
                     "gradient_after": first_occurrence_gradient(model, seq, first, repeat, 16),
-                    "copy_after": [asdict(p) for p in copy_curve(model, held, spans, distances, args.probes,
-                                                                 args.seed)]})
+                    "copy_after": curves(model)})
         result["families"][name] = row
         save()
-        best = max(p["gap"] for p in row["copy_after"])
+        best = {src: max(p["gap"] for p in row["copy_after"] if p["source"] == src) for src in ("code", "random")}
         print(f"{name:9s} {row['parameters'] / 1e6:.2f} M params, {row['seconds_per_step']:.2f} s/step, "
-              f"grad into first occurrence {grad['first_occurrence']:.2e}, best copy gap after {args.steps} steps "
-              f"{best:.3f} nats/token", flush=True)
+              f"grad into first occurrence {grad['first_occurrence']:.2e}, best copy gap after {args.steps} steps: "
+              f"code spans {best['code']:.3f}, random spans {best['random']:.3f} nats/token", flush=True)
     for d in args.models:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -165,13 +176,16 @@ def main(argv=None) -> dict:
         else:
             mheld = held
         lm = TransformersLM(AutoModelForCausalLM.from_pretrained(d).float().eval())
-        result.setdefault("models", {})[d] = [asdict(p) for p in copy_curve(lm, mheld, spans, distances, args.probes,
-                                                                            args.seed)]
+        mids = torch.tensor([i for i in range(len(mtok)) if i not in set(mtok.all_special_ids)])
+        result.setdefault("models", {})[d] = [asdict(p) for ids in (None, mids) for p in
+                                              copy_curve(lm, mheld, spans, distances, args.probes, args.seed,
+                                                         random_ids=ids)]
         save()
     attention = result["families"].get("attention")
     if attention is not None:
-        gap = max(p["gap"] for p in attention["copy_after"])
-        result["instrument_check"] = {"attention_best_gap": gap, "copies": gap > 0.5}
+        gap = max(p["gap"] for p in attention["copy_after"] if p["source"] == "random")
+        code = max(p["gap"] for p in attention["copy_after"] if p["source"] == "code")
+        result["instrument_check"] = {"attention_best_gap": gap, "attention_best_code_gap": code, "copies": gap > 0.5}
         save()
     print(f"-> {out}")
     return result

@@ -8,6 +8,9 @@
 #                                 tokenizers==0.23.3 safetensors==0.8.0
 #   data/interim/codelm_bundle_plain, data/interim/codelm_bundle_context    (make code-lm-bundle)
 # Usage there:   OUT=/some/dir bash bench/gpu_train_codelm.sh [family ...]      (default: hybrid mamba2 mamba1)
+#   RECIPE=induction: between the ablation and the curriculum run, the induction warm-up stage
+#   (params/codelm/hybrid-induction-warm.yaml: short sequences of repeated random-token spans), then
+#   params/codelm/hybrid-induction.yaml instead of hybrid.yaml (WARM_STEPS steps of the warm-up)
 # Rehearsal here (CPU, tiny steps): TINY=1 OUT=/tmp/x PATH=.venv/bin:$PATH bash bench/gpu_train_codelm.sh hybrid
 # Every family is trained twice: its context-blind ablation (plain code windows) and, continuing it, the curriculum
 # run; the model shape is params/codelm/hybrid*.yaml's, changed per family by the overrides below. Steps and batch
@@ -17,8 +20,14 @@ set -u
 : "${OUT:?set OUT to the folder for the results}"
 mkdir -p "$OUT"
 PLAIN_STEPS=${PLAIN_STEPS:-3000}; CONTEXT_STEPS=${CONTEXT_STEPS:-3000}; BATCH=${BATCH:-16}; MINUTES=${MINUTES:-4}
+RECIPE=${RECIPE:-curriculum}; WARM_STEPS=${WARM_STEPS:-3000}
+case "$RECIPE" in
+  curriculum) CONTEXT_PARAMS=params/codelm/hybrid.yaml ;;
+  induction) CONTEXT_PARAMS=params/codelm/hybrid-induction.yaml ;;
+  *) echo "unknown RECIPE=$RECIPE (allowed: curriculum, induction)" >&2; exit 1 ;;
+esac
 if [ -n "${TINY:-}" ]; then  # a rehearsal on the CPU: the same commands, two steps each
-  device=cpu; PLAIN_STEPS=2; CONTEXT_STEPS=2; BATCH=4; MINUTES=2
+  device=cpu; PLAIN_STEPS=2; CONTEXT_STEPS=2; WARM_STEPS=2; BATCH=4; MINUTES=2
   export PYTHONPATH=lib
 else
   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
@@ -47,9 +56,17 @@ for f in "${families[@]}"; do
   # shellcheck disable=SC2086
   python -m deltalens.codelm train -p params/codelm/hybrid-plain.yaml --bundle data/interim/codelm_bundle_plain \
     --out "$plain" $over $common --set train.max_steps=$PLAIN_STEPS 2>&1 | tee "$OUT/$f-plain.log" | tail -3
+  start="$plain"
+  if [ "$RECIPE" = induction ]; then
+    start="$OUT/code-lm-$f-induction-warm"
+    # shellcheck disable=SC2086
+    python -m deltalens.codelm train -p params/codelm/hybrid-induction-warm.yaml \
+      --bundle data/interim/codelm_bundle_context --out "$start" --set init_from="$plain" $over $common \
+      --set train.batch_size=$((BATCH * 4)) --set train.max_steps=$WARM_STEPS 2>&1 | tee "$OUT/$f-warm.log" | tail -3
+  fi
   # shellcheck disable=SC2086
-  python -m deltalens.codelm train -p params/codelm/hybrid.yaml --bundle data/interim/codelm_bundle_context \
-    --out "$ctx" --set init_from="$plain" $over $common --set train.max_steps=$CONTEXT_STEPS 2>&1 \
+  python -m deltalens.codelm train -p "$CONTEXT_PARAMS" --bundle data/interim/codelm_bundle_context \
+    --out "$ctx" --set init_from="$start" $over $common --set train.max_steps=$CONTEXT_STEPS 2>&1 \
     | tee "$OUT/$f.log" | tail -3
   python - "$ctx" <<'EOF' | tee -a "$OUT/summary.txt"
 import json, sys

@@ -74,6 +74,31 @@ $(CODELM_HY): $(CODELM_HY_PARAMS) $(CODELM_HY_PLAIN) $(CODELM_EXCLUDE) $(CODELM_
 code-lm-hybrid-plain: $(CODELM_HY_PLAIN) ## optional: the hybrid (Mamba-2 + attention) code LM's context-blind ablation
 code-lm-hybrid: $(CODELM_HY) ## optional: the hybrid code LM on the copying curriculum (continues code-lm-hybrid-plain)
 
+# the induction-first recipe (the design change after hybrid.yaml): the same hybrid-plain start, the same curriculum plus
+# repeated random-token spans, six times the steps (~55 min on 2 cores: over make all's budget, hence optional)
+CODELM_HYI_PARAMS := params/codelm/hybrid-induction.yaml
+CODELM_HYI_DIR    := data/models/code-lm-hybrid-induction
+CODELM_HYI        := $(CODELM_HYI_DIR)/config.json
+
+.PHONY: code-lm-hybrid-induction
+
+$(CODELM_HYI): $(CODELM_HYI_PARAMS) $(CODELM_HY_PLAIN) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_HYI_PARAMS) --out $(CODELM_HYI_DIR)
+
+code-lm-hybrid-induction: $(CODELM_HYI) ## optional: the hybrid code LM, induction-first curriculum (~55 min; continues code-lm-hybrid-plain)
+
+# the induction warm-up: hybrid-plain continued on short sequences of repeated random-token spans (~25 min)
+CODELM_HYW_PARAMS := params/codelm/hybrid-induction-warm.yaml
+CODELM_HYW_DIR    := data/models/code-lm-hybrid-induction-warm
+CODELM_HYW        := $(CODELM_HYW_DIR)/config.json
+
+.PHONY: code-lm-hybrid-induction-warm
+
+$(CODELM_HYW): $(CODELM_HYW_PARAMS) $(CODELM_HY_PLAIN) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_HYW_PARAMS) --out $(CODELM_HYW_DIR)
+
+code-lm-hybrid-induction-warm: $(CODELM_HYW) ## optional: the hybrid's induction warm-up on repeated random-token spans (~25 min)
+
 code-lm-bundle: | $(ENV_STAMP) ## the training data of the hybrid recipes as files (data/interim/codelm_bundle*/) for a GPU run
 	$(PY) -m deltalens.codelm bundle -p $(CODELM_HY_PLAIN_PARAMS) --out data/interim/codelm_bundle_plain
 	$(PY) -m deltalens.codelm bundle -p $(CODELM_HY_PARAMS) --out data/interim/codelm_bundle_context

@@ -61,3 +61,27 @@ $(EXTRACT_HY_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HY_PARAMS) $(CODELM
 	$(PAPERMILL) -f $(EXTRACT_HY_PARAMS) $< $@.tmp && mv $@.tmp $@
 
 extract-hybrid: $(EXTRACT_HY_NB) ## optional: Δ per head from the hybrid code LM's Mamba-2 layers, context first (data/processed/delta/code-lm-hybrid/)
+
+# ---- optional: Δ per head from the induction-first hybrid (make code-lm-hybrid-induction; NOT in `make all`) -----------
+EXTRACT_HYI_PARAMS := params/extract-optional/code-lm-hybrid-induction_context_first.yaml
+EXTRACT_HYI_NB     := $(EXECUTED)/03_extract_delta/code-lm-hybrid-induction_context_first.ipynb
+
+.PHONY: extract-hybrid-induction
+
+$(EXTRACT_HYI_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HYI_PARAMS) $(CODELM_HYI) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
+	@mkdir -p $(@D)
+	$(PAPERMILL) -f $(EXTRACT_HYI_PARAMS) $< $@.tmp && mv $@.tmp $@
+
+extract-hybrid-induction: $(EXTRACT_HYI_NB) ## optional: Δ per head from the induction-first hybrid's Mamba-2 layers, context first
+
+# ---- optional: the hybrids' context-blind ablation (make code-lm-hybrid-plain), its context gain on the same prompts -----
+EXTRACT_HYP_PARAMS := params/extract-optional/code-lm-hybrid-plain_context_first.yaml
+EXTRACT_HYP_NB     := $(EXECUTED)/03_extract_delta/code-lm-hybrid-plain_context_first.ipynb
+
+.PHONY: extract-hybrid-plain
+
+$(EXTRACT_HYP_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HYP_PARAMS) $(CODELM_HY_PLAIN) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
+	@mkdir -p $(@D)
+	$(PAPERMILL) -f $(EXTRACT_HYP_PARAMS) $< $@.tmp && mv $@.tmp $@
+
+extract-hybrid-plain: $(EXTRACT_HYP_NB) ## optional: the hybrids' context-blind ablation on the same prompts (no leave-one-out)

@@ -229,6 +229,12 @@ def test_analysis_notebook_tiny(pipeline):
         assert row["context_gain"] == pytest.approx(direct) and row["samples"] == len(s)
         assert row["gain_lo"] <= row["context_gain"] <= row["gain_hi"]
         assert row["exact_match_with"] == pytest.approx(s["exact_match"].mean())
+        named = s.dropna(subset=["name_accuracy", "name_accuracy_no_context"])
+        assert row["name_samples"] == len(named) > 0
+        assert row["name_accuracy_with"] == pytest.approx(named["name_accuracy"].mean())
+        assert row["name_accuracy_gain"] == pytest.approx((named["name_accuracy"]
+                                                            - named["name_accuracy_no_context"]).mean())
+        assert row["name_gain_lo"] <= row["name_accuracy_gain"] <= row["name_gain_hi"]
         assert f"**{row['context_gain']:.3f}**" in results
     loo = m["leave_one_out_by_category"]["tiny/context_first"]
     lm_rows = pd.read_parquet(root / "context_first/chunk_lm.parquet").dropna(subset=["loss_gain"])

@@ -191,9 +191,28 @@ def test_the_copy_diagnostics_bench_runs_every_family_on_the_same_batches(tmp_pa
     assert len({json.dumps(f["drawn"], sort_keys=True) for f in fams.values()}) == 1  # the same batches
     for f in fams.values():
         assert f["gradient_at_init"]["first_occurrence"] > 0 and f["steps"] == 6 and f["seconds_per_step"] > 0
-        assert {(p["span"], p["distance"]) for p in f["copy_after"]} == {(8, 16), (16, 16)}
+        assert sorted((p["source"], p["span"], p["distance"]) for p in f["copy_after"]) == [
+            ("code", 8, 16), ("code", 16, 16), ("random", 8, 16), ("random", 16, 16)]
         assert all(p["gap_lo"] <= p["gap"] <= p["gap_hi"] for p in f["copy_after"])
-    assert set(res["instrument_check"]) == {"attention_best_gap", "copies"}
+        assert f["drawn"].get("random_span", 0) > 0 and f["drawn"].get("span", 0) > 0
+    assert set(res["instrument_check"]) == {"attention_best_gap", "attention_best_code_gap", "copies"}
+
+
+def test_the_induction_steps_bench_trains_every_family_on_the_same_batches(tmp_path):
+    """bench/bench_induction_steps.py --tiny: one repeat-loss curve per family, logged at the same steps, from
+    the same batches (so the first logged losses, before any update, are all near chance)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_induction_steps as bench
+
+    out = tmp_path / "induction.json"
+    res = bench.main(["--tiny", "--threads", "1", "--families", "attention,hybrid,mamba2", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    assert set(res["families"]) == {"attention", "hybrid", "mamba2"}
+    for f in res["families"].values():
+        assert [r["step"] for r in f["curve"]] == [0, 2, 4] and f["seconds_per_step"] > 0
+        assert abs(f["curve"][0]["repeat_loss"] - res["chance"]) < 1.0  # untrained: about ln(V - 2)
+    x = bench.batch(torch.Generator().manual_seed(0), 3, 48, 64, 4, 8)
+    assert torch.equal(x[:, -8:], x[:, 4:12]) and int(x.min()) >= 2  # the repeat, never a special id
 
 
 def test_the_gpu_training_script_parses():

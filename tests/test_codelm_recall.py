@@ -163,7 +163,9 @@ def test_identifier_pairs_query_values_defined_above():
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"spans": [0.6, 0.2], "pairs": [0.5, 0.0]}, "spans \\+ pairs = 1.1"),
+    ({"spans": [0.6, 0.2], "pairs": [0.5, 0.0]}, "spans \\+ pairs \\+ random_spans = 1.1"),
+    ({"spans": [0.3, 0.2], "random_spans": [0.8, 0.0]}, "random_spans = 1.1 at the first step"),
+    ({"random_span_lengths": []}, "random_span_lengths"),
     ({"renamed": [0.5]}, "renamed=\\[0.5\\]"),
     ({"span_lengths": []}, "span_lengths"),
     ({"pairs_range": [9, 3]}, "min <= max"),
@@ -194,3 +196,37 @@ def test_the_sampler_is_deterministic_and_scores_the_right_positions():
             n = x.end - x.start
             text = x.tokens.tolist()
             assert any(text[i:i + n] == text[x.start:x.end] for i in range(x.start - n + 1))
+
+
+def test_random_spans_repeat_random_tokens_and_leave_old_keys_alone():
+    stream = torch.arange(5000) % 97 + 2  # "code": ids 2..98
+    ids = torch.arange(200, 300)          # the vocabulary a random span is drawn from
+    seq, a, b = repeated_span(stream, 32, 50, 256, torch.Generator().manual_seed(1), ids)
+    assert torch.equal(seq[a:b], seq[a - 32 - 50:a - 50])
+    assert bool(((seq[a:b] >= 200) & (seq[a:b] < 300)).all())  # the span is random ids, the rest is code
+    assert int(((seq >= 200) & (seq < 300)).sum()) == 64
+    # a curriculum without random spans keeps the key (content) it had before they existed
+    old = CurriculumConfig(spans=(0.2, 0.1))
+    assert "random_spans" not in old.content() and "random_span_lengths" not in old.content()
+    assert CurriculumConfig(random_spans=(0.5, 0.1)).content()["random_span_lengths"] == [32, 64, 128, 256]
+
+
+def test_the_sampler_draws_random_spans_scored_on_their_repeat():
+    cfg = CurriculumConfig(random_spans=(0.9, 0.9), random_span_lengths=(16,))
+
+    class Tok:
+        all_special_ids = (0, 1)
+
+        def __len__(self):
+            return 400
+
+    s = CurriculumSampler(cfg, torch.arange(5000) % 97 + 2, [], Tok(), 0.0, 128, 0, "all",
+                          torch.Generator().manual_seed(0))
+    drawn = [s.draw(0.5) for _ in range(30)]
+    assert s.counts["random_span"] >= 20
+    for x in drawn:
+        if x.kind == "random_span":
+            rep = x.tokens[x.start:x.end].tolist()
+            assert x.end - x.start == 16 and all(1 < t < 400 for t in rep)
+            text = x.tokens.tolist()
+            assert any(text[i:i + 16] == rep for i in range(x.start - 16 + 1))

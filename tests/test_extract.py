@@ -92,6 +92,48 @@ def test_chunk_stats_equal_stats_of_full_delta_and_loss_equals_models_own(lm, ds
     assert c["text"].strip() in tok.decode(enc.input_ids[0, a:b]) or tok.decode(enc.input_ids[0, a:b]).strip() in c["text"]
 
 
+def test_name_accuracy_is_the_argmax_hit_rate_on_the_tokens_of_the_used_names(lm, ds, tmp_path):
+    model, tok = lm
+    cfg = _cfg(tmp_path)
+    from deltalens.lm.forward import forward_batch
+
+    checked = 0
+    for i in range(len(ds.samples)):
+        sample = ds.sample(i)
+        enc = ex.encode(tok, sample, cfg.layout)
+        t0, t1 = enc.target_tokens
+        if not sample["used_names"]:
+            assert enc.name_tokens == []
+            continue
+        # every name token lies in the target line, and together they spell the used names found on it
+        assert enc.name_tokens and all(t0 <= p < t1 for p in enc.name_tokens)
+        text = tok.decode(enc.input_ids[0, enc.name_tokens])
+        assert any(n in text for n in sample["used_names"])
+        with torch.no_grad():
+            logits = model(enc.input_ids).logits[0]
+        hits = [(logits[p - 1].argmax() == enc.input_ids[0, p]).item() for p in enc.name_tokens]
+        res = forward_batch(model, [enc], capture=False)[0]
+        assert res.name_accuracy == pytest.approx(float(np.mean(hits)))
+        checked += 1
+        if checked == 5:
+            break
+    assert checked == 5
+
+
+def test_name_token_positions_match_whole_identifiers_only():
+    from deltalens.lm.prompts import name_token_positions
+
+    text = "x = 1\n    y = helper_two(helper) + helper\n"
+    a = text.index("    y")
+    span = (a, len(text) - 1)
+    offsets = np.array([(i, i + 1) for i in range(len(text))])  # one token per character
+    pos = name_token_positions(text, span, offsets, ["helper"])
+    got = "".join(text[p] for p in pos)
+    assert got == "helper" * 2  # not the "helper" inside helper_two
+    assert name_token_positions(text, span, offsets, []) == []
+    assert name_token_positions(text, span, offsets, ["x"]) == []  # x occurs before the target line only
+
+
 def test_run_resume_shards_merge_and_leave_one_out(lm, ds, tmp_path, monkeypatch):
     model, tok = lm
     cfg = _cfg(tmp_path, leave_one_out=True, max_samples=4, batch_tokens=1)  # one sample per group, one row per batch

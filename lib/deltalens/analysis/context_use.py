@@ -61,8 +61,24 @@ def context_gain_table(ds, runs: dict, split: str = "test", n_boot: int = 1000, 
                      "context_gain": gain, "gain_lo": lo, "gain_hi": hi,
                      "exact_match_with": s["exact_match"].mean(), "exact_match_without": s["exact_match_no_context"].mean(),
                      "exact_match_gain_lo": em_gain[1], "exact_match_gain_hi": em_gain[2],
-                     "over_trained_length": int(s["over_trained_length"].sum()) if "over_trained_length" in s else None})
+                     "over_trained_length": int(s["over_trained_length"].sum()) if "over_trained_length" in s else None,
+                     **name_accuracy_row(s, n_boot, seed)})
     return pd.DataFrame(rows)
+
+
+def name_accuracy_row(s: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """Identifier-token accuracy with / without the chunks (teacher-forced argmax on the target line's tokens of the
+    names it takes from its relevant chunks), over the samples that have such tokens, and the paired difference's
+    project-clustered CI. NaN for a run extracted before the column existed (extract it again to get it)."""
+    keys = ("name_samples", "name_accuracy_with", "name_accuracy_without", "name_accuracy_gain",
+            "name_gain_lo", "name_gain_hi")
+    if "name_accuracy" not in s.columns:
+        return dict.fromkeys(keys, float("nan"))
+    has = s.dropna(subset=["name_accuracy", "name_accuracy_no_context"])
+    diff = has["name_accuracy"].astype(float) - has["name_accuracy_no_context"].astype(float)
+    gain, lo, hi = cluster_bootstrap_mean(diff, has["sample_id"], has["project"], n_boot, seed)
+    return dict(zip(keys, (len(has), has["name_accuracy"].astype(float).mean(),
+                           has["name_accuracy_no_context"].astype(float).mean(), gain, lo, hi)))
 
 
 def loo_by_category(ds, run_dir, split: str = "test", n_boot: int = 1000, seed: int = 0,
@@ -90,11 +106,17 @@ def context_use_markdown(gain: pd.DataFrame, loo: dict[str, pd.DataFrame], targe
     against the bar (CI lower bound above ``target`` nats/token); ``helps_threshold``: the one the leave-one-out
     tables were made with (:func:`loo_by_category`)."""
     lines = ["| run | test samples (projects) | target loss with chunks | without | context gain [95 % CI] | "
-             "exact match with | without | prompts over trained length |", "|---|---|---:|---:|---|---:|---:|---:|"]
+             "exact match with | without | identifier-token accuracy with / without (samples) [95 % CI of the "
+             "difference] | prompts over trained length |", "|---|---|---:|---:|---|---:|---:|---|---:|"]
     for r in gain.itertuples():
+        names = "n/a (extracted before the column)"
+        n = getattr(r, "name_samples", float("nan"))
+        if not np.isnan(n) and n > 0:  # NaN: a run extracted before the column
+            names = (f"{r.name_accuracy_with:.1%} / {r.name_accuracy_without:.1%} ({r.name_samples}) "
+                     f"[{r.name_gain_lo:+.1%}, {r.name_gain_hi:+.1%}]")
         lines.append(f"| {r.run} | {r.samples} ({r.projects}) | {r.loss_with:.3f} | {r.loss_without:.3f} | "
                      f"**{r.context_gain:.3f}** [{r.gain_lo:.3f}, {r.gain_hi:.3f}] | {r.exact_match_with:.1%} | "
-                     f"{r.exact_match_without:.1%} | {r.over_trained_length} |")
+                     f"{r.exact_match_without:.1%} | {names} | {r.over_trained_length} |")
     lines.append("")
     for r in gain.itertuples():
         verdict = ("reads its context: the CI's lower bound is above" if r.gain_lo > target else

@@ -5,6 +5,10 @@ Each training sequence is one of (shares at training progress p in [0, 1], linea
 
 * a **repeated span** (``spans``): code, a span of ``span_lengths`` tokens, other code (the distance), the same span
   again; scored on the repeat only (:func:`.recall.repeated_span`);
+* a **repeated random span** (``random_spans``): the same with ``random_span_lengths`` tokens drawn uniformly from
+  the vocabulary (special tokens excluded) — only the first occurrence predicts the repeat, so the loss is a pure
+  copying signal: the induction task a small model learns in hundreds of steps, where copying code (whose bigrams
+  already predict much of a repeat) takes far longer;
 * **identifier pairs** (``pairs``): MQAR in code form, ``key = value`` lines of fresh names then ``assert key ==
   value`` for some keys; scored from the first queried value on (:func:`.recall.identifier_pairs`);
 * a **prompt** (``context.share``, as without a curriculum), laid out like the evaluation prompts; a share
@@ -26,7 +30,8 @@ import torch
 from ..core.params import ParameterError, check_int
 from .context_data import encode_prompt
 
-SHARES = ("renamed", "spans", "pairs")
+SHARES = ("renamed", "spans", "pairs", "random_spans")
+MIXTURE = ("spans", "pairs", "random_spans")  # shares of all sequences (renamed is a share of the prompts)
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ class CurriculumConfig:
     pairs: tuple[float, float] = (0.0, 0.0)    # share of all sequences that are identifier pairs
     span_lengths: tuple[int, ...] = (8, 16, 32, 64)  # tokens of a repeated span (drawn uniformly)
     pairs_range: tuple[int, int] = (8, 32)     # key-value pairs per sequence (drawn uniformly in this range)
+    random_spans: tuple[float, float] = (0.0, 0.0)  # share of all sequences that are repeated random-token spans
+    random_span_lengths: tuple[int, ...] = (32, 64, 128, 256)  # tokens of a random span (drawn uniformly)
 
     def __post_init__(self) -> None:
         where = "curriculum"
@@ -46,15 +53,17 @@ class CurriculumConfig:
                 raise ParameterError(f"{where}: parameter {name}={v!r}; allowed: [start, end], two shares in [0, 1]")
             object.__setattr__(self, name, (float(v[0]), float(v[1])))
         for end in (0, 1):
-            if self.spans[end] + self.pairs[end] >= 1:
-                raise ParameterError(f"{where}: spans + pairs = {self.spans[end] + self.pairs[end]} at the "
+            total = sum(getattr(self, n)[end] for n in MIXTURE)
+            if total >= 1:
+                raise ParameterError(f"{where}: {' + '.join(MIXTURE)} = {total:g} at the "
                                      f"{'first' if end == 0 else 'last'} step; allowed: < 1")
-        v = self.span_lengths
-        if not isinstance(v, (list, tuple)) or not v:
-            raise ParameterError(f"{where}: parameter span_lengths={v!r}; allowed: a non-empty list of token counts")
-        for x in v:
-            check_int("span_lengths", x, minimum=1, where=where)
-        object.__setattr__(self, "span_lengths", tuple(v))
+        for name in ("span_lengths", "random_span_lengths"):
+            v = getattr(self, name)
+            if not isinstance(v, (list, tuple)) or not v:
+                raise ParameterError(f"{where}: parameter {name}={v!r}; allowed: a non-empty list of token counts")
+            for x in v:
+                check_int(name, x, minimum=1, where=where)
+            object.__setattr__(self, name, tuple(v))
         r = self.pairs_range
         if not isinstance(r, (list, tuple)) or len(r) != 2:
             raise ParameterError(f"{where}: parameter pairs_range={r!r}; allowed: [min, max] pairs")
@@ -74,7 +83,11 @@ class CurriculumConfig:
         return {n: getattr(self, n)[0] + (getattr(self, n)[1] - getattr(self, n)[0]) * p for n in SHARES}
 
     def content(self) -> dict:
-        return {k: list(v) for k, v in asdict(self).items()}
+        d = {k: list(v) for k, v in asdict(self).items()}
+        if not any(self.random_spans):  # a curriculum without random spans keeps the key it had before they existed
+            d.pop("random_spans")
+            d.pop("random_span_lengths")
+        return d
 
 
 @dataclass
@@ -116,7 +129,13 @@ class CurriculumSampler:
             distance = 1 + self._int(max(1, n - 2 * span - 1))
             seq, a, b = repeated_span(self.stream, span, distance, n, self.gen)
             return self._count(Scored(seq, a, b, "span"))
-        if u < shares["spans"] + shares["pairs"]:
+        if u < shares["spans"] + shares["random_spans"]:
+            span = self.cfg.random_span_lengths[self._int(len(self.cfg.random_span_lengths))]
+            span = min(span, (n - 1) // 3)
+            distance = 1 + self._int(max(1, n - 2 * span - 1))
+            seq, a, b = repeated_span(self.stream, span, distance, n, self.gen, self._random_ids())
+            return self._count(Scored(seq, a, b, "random_span"))
+        if u < shares["spans"] + shares["random_spans"] + shares["pairs"]:
             rng = random.Random(self._int(2 ** 31))
             lo, hi = self.cfg.pairs_range
             k = rng.randint(lo, hi)
@@ -125,7 +144,7 @@ class CurriculumSampler:
             ids = enc["input_ids"][:n + 1]
             first = next((i for i, (s, e) in enumerate(enc["offset_mapping"]) if s >= spans[0][0]), len(ids))
             return self._count(Scored(torch.tensor(ids), min(first, len(ids) - 1), len(ids), "pairs"))
-        if self.prompts and u < shares["spans"] + shares["pairs"] + self.share:
+        if self.prompts and u < shares["spans"] + shares["random_spans"] + shares["pairs"] + self.share:
             sample, order = self.prompts[self._int(len(self.prompts))]
             kind = "prompt"
             if self._uniform() < shares["renamed"]:
@@ -140,6 +159,13 @@ class CurriculumSampler:
         hi = self.stream.numel() - n - 1
         s = self._int(hi + 1)
         return self._count(Scored(self.stream[s:s + n + 1], 0, n + 1, "plain"))
+
+    def _random_ids(self) -> torch.Tensor:
+        """The ids a random span is drawn from: the whole vocabulary but its special tokens."""
+        if getattr(self, "_ids", None) is None:
+            special = set(self.tokenizer.all_special_ids)
+            self._ids = torch.tensor([i for i in range(len(self.tokenizer)) if i not in special])
+        return self._ids
 
     def _count(self, s: Scored) -> Scored:
         self.counts[s.kind] = self.counts.get(s.kind, 0) + 1

@@ -219,16 +219,21 @@ def _name_tokens(text: str) -> list[str]:
 
 
 # ---- synthetic copying sequences (token level) ------------------------------------------------------------------------
-def repeated_span(stream: torch.Tensor, span: int, distance: int, total: int, gen: torch.Generator
-                  ) -> tuple[torch.Tensor, int, int]:
+def repeated_span(stream: torch.Tensor, span: int, distance: int, total: int, gen: torch.Generator,
+                  random_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
     """(a ``total + 1``-token sequence: filler, a span of ``span`` code tokens, ``distance`` tokens of other code,
     the same span again, more code; the start and end of the repeat). Everything is cut from ``stream`` at seeded
-    offsets; the repeat's loss is what a copying model drives to zero."""
+    offsets; the repeat's loss is what a copying model drives to zero. ``random_ids`` (1-D ids): the span is drawn
+    uniformly from them instead (random tokens: nothing but the first occurrence predicts the repeat — the induction
+    task in its purest form, which a small model learns in far fewer steps than copying of code)."""
     if span + distance + span > total:
         raise ValueError(f"repeated_span: span {span} + distance {distance} + span > total {total}")
     hi = stream.numel() - total - 2
     off = lambda: int(torch.randint(0, hi, (), generator=gen))  # noqa: E731
-    s = stream[off():][:span]
+    if random_ids is None:
+        s = stream[off():][:span]
+    else:
+        s = random_ids[torch.randint(0, random_ids.numel(), (span,), generator=gen)]
     lead = int(torch.randint(0, total - 2 * span - distance + 1, (), generator=gen))
     parts = [stream[off():][:lead], s, stream[off():][:distance], s]
     head = torch.cat(parts)

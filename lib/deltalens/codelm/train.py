@@ -189,7 +189,10 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, train_stream: torch
             row["held_out_loss"] = held_out_loss(model, windows, tc.eval_batch_size)
             if on_eval is not None:
                 row.update(on_eval(model))
-            bar.set_postfix(held_out=f"{row['held_out_loss']:.3f}")
+            shown = {"held_out": f"{row['held_out_loss']:.3f}"}
+            if row.get("held_out_context_gain") is not None:  # does it read its context yet (held-out projects)
+                shown["context_gain"] = f"{row['held_out_context_gain']:+.3f}"
+            bar.set_postfix(shown)
         curve.append(row)
     bar.close()
     if not curve:

@@ -130,6 +130,11 @@ def _run_group(lm, group: list[dict], cfg: ExtractConfig, budget: int, global_ma
         g["no_context"] = g["loo"].pop(-1)
 
 
+def _nan_to_none(x: float) -> float | None:
+    """JSON has no NaN: a sample without name tokens records null."""
+    return None if math.isnan(x) else x
+
+
 def _write_sample(parts: Path, g: dict, cfg: ExtractConfig, layer_ids: list[int], seconds: float,
                   trained_len: int | None = None) -> dict:
     k, sid, enc, res = g["k"], g["sid"], g["enc"], g["result"]
@@ -149,6 +154,8 @@ def _write_sample(parts: Path, g: dict, cfg: ExtractConfig, layer_ids: list[int]
               "target_loss_no_context": g["no_context"].target_loss,
               "exact_match_no_context": g["no_context"].exact_match,
               "context_gain": g["no_context"].target_loss - res.target_loss, "leave_one_out": g["is_loo"],
+              "name_tokens": len(enc.name_tokens), "name_accuracy": _nan_to_none(res.name_accuracy),
+              "name_accuracy_no_context": _nan_to_none(g["no_context"].name_accuracy),
               "over_trained_length": bool(trained_len is not None and enc.n_tokens > trained_len),
               "seconds": seconds, "chunks": lm_rows}
     atomic_write(cc.part_file(parts, k, "json"), lambda p: p.write_text(json.dumps(record)))

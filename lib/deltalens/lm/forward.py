@@ -67,6 +67,8 @@ class ForwardResult:
     target_loss: float              # mean NLL of the target line, nats/token
     exact_match: bool               # greedy decoding reproduces the target line (teacher-forced argmax)
     token_nll: np.ndarray | None    # (L,) NLL of every token given what precedes it, NaN at 0; None unless asked
+    name_accuracy: float = float("nan")  # teacher-forced argmax accuracy on the target line's name tokens
+    # (Encoded.name_tokens: the tokens of the names it takes from its relevant chunks); NaN when it has none
 
 
 def _head_nll(head, hidden: torch.Tensor, ids: torch.Tensor, start: int, end: int, slice_len: int = 1024):
@@ -176,7 +178,9 @@ def forward_batch(lm, encs: list[Encoded], *, capture: bool = True, layers=None,
             nll = None
             tgt_nll, tgt_hit = _head_nll(head, hidden[r], row_ids, t0, t1)
         stats = None if per_layer is None else [{k: v[r, :lengths[r]] for k, v in d.items()} for d in per_layer]
-        out.append(ForwardResult(stats, float(np.mean(tgt_nll)), bool(np.all(tgt_hit)), nll))
+        names = [p - t0 for p in e.name_tokens if t0 <= p < t1]
+        name_acc = float(np.mean(tgt_hit[names])) if names else float("nan")
+        out.append(ForwardResult(stats, float(np.mean(tgt_nll)), bool(np.all(tgt_hit)), nll, name_acc))
     return out
 
 

@@ -18,6 +18,7 @@ characters, the token limit and what to do past it); an extraction config works 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,10 +124,28 @@ class Encoded:
     dropped: list[int] = field(default_factory=list)   # chunks left out by truncation
     cut_tokens: int = 0                           # tokens cut from the left (truncation 'left')
     prefix_tokens: tuple[int, int] | None = None  # the file prefix (the query) before the target line
+    name_tokens: list[int] = field(default_factory=list)  # target-line tokens inside a used name (identifier accuracy)
 
     @property
     def n_tokens(self) -> int:
         return int(self.input_ids.shape[1])
+
+
+def name_token_positions(text: str, target_span: tuple[int, int], offsets: np.ndarray, names) -> list[int]:
+    """Token positions of the target line (``text[target_span]``) that overlap an occurrence of one of ``names`` (the
+    names the line takes from its relevant chunks: ``used_names``), matched as whole identifiers. These are the
+    tokens that only reading the chunk can predict: identifier-token accuracy is measured on them."""
+    a, b = target_span
+    line = text[a:b]
+    occ = [(a + m.start(), a + m.end()) for n in set(names or ()) if n
+           for m in re.finditer(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![A-Za-z0-9_])", line)]
+    if not occ:
+        return []
+    starts, ends = np.asarray(offsets)[:, 0], np.asarray(offsets)[:, 1]
+    hit = np.zeros(len(starts), bool)
+    for s, e in occ:
+        hit |= (starts < e) & (ends > s) & (ends > starts)
+    return [int(i) for i in np.flatnonzero(hit)]
 
 
 def encode(tokenizer, sample: dict, policy: LayoutPolicy, drop=()) -> Encoded:
@@ -156,9 +175,10 @@ def encode(tokenizer, sample: dict, policy: LayoutPolicy, drop=()) -> Encoded:
                 raise ParameterError(f"sample {sample['sample_id']!r}: the target line does not fit in "
                                      f"max_tokens={policy.max_tokens}")
             chunks = [None if r is None or r[1] <= cut else (max(r[0] - cut, 0), r[1] - cut) for r in ranges[:-2]]
+            names = name_token_positions(lp.text, lp.target_span, offsets, sample.get("used_names"))
             return Encoded(torch.tensor([ids[cut:]]), chunks, (tgt[0] - cut, tgt[1] - cut), first,
                            [i for i, (r, c) in enumerate(zip(ranges[:-2], chunks)) if r is not None and c is None], cut,
-                           (max(pre[0] - cut, 0), pre[1] - cut))
+                           (max(pre[0] - cut, 0), pre[1] - cut), [i - cut for i in names])
         remaining = [i for i in order if i not in dropped]
         if not remaining:
             raise ParameterError(f"sample {sample['sample_id']!r}: even without any chunk the prompt has {len(ids)} "
@@ -166,7 +186,7 @@ def encode(tokenizer, sample: dict, policy: LayoutPolicy, drop=()) -> Encoded:
         dropped.append(remaining[0])  # the chunk farthest from the target line
     ranges = token_ranges(offsets, list(lp.chunk_spans) + [lp.prefix_span, lp.target_span])
     return Encoded(torch.tensor([ids]), ranges[:-2], ranges[-1], first, [i for i in dropped if i not in drop], 0,
-                   ranges[-2])
+                   ranges[-2], name_token_positions(lp.text, lp.target_span, offsets, sample.get("used_names")))
 
 
 def encode_variants(tokenizer, sample: dict, policy, leave_one_out: bool = False):
