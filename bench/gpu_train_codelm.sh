@@ -6,7 +6,8 @@
 #   .whl/                         pip download --no-deps --only-binary=:all: --python-version 3.12
 #                                 --platform manylinux_2_17_x86_64 -d .whl mambapy==1.2.0 transformers==5.24.0
 #                                 tokenizers==0.23.3 safetensors==0.8.0
-#   data/interim/codelm_bundle_plain, data/interim/codelm_bundle_context    (make code-lm-bundle)
+#   data/interim/codelm_bundle_plain, data/interim/codelm_bundle_context, data/interim/codelm_bundle_warm
+#                                 (make code-lm-bundle; the warm-up's prompts section differs: no prompts drawn)
 # Usage there:   OUT=/some/dir bash bench/gpu_train_codelm.sh [family ...]      (default: hybrid mamba2 mamba1)
 #   RECIPE=induction: between the ablation and the curriculum run, the induction warm-up stage
 #   (params/codelm/hybrid-induction-warm.yaml: short sequences of repeated random-token spans), then
@@ -61,7 +62,7 @@ for f in "${families[@]}"; do
     start="$OUT/code-lm-$f-induction-warm"
     # shellcheck disable=SC2086
     python -m deltalens.codelm train -p params/codelm/hybrid-induction-warm.yaml \
-      --bundle data/interim/codelm_bundle_context --out "$start" --set init_from="$plain" $over $common \
+      --bundle data/interim/codelm_bundle_warm --out "$start" --set init_from="$plain" $over $common \
       --set train.batch_size=$((BATCH * 4)) --set train.max_steps=$WARM_STEPS 2>&1 | tee "$OUT/$f-warm.log" | tail -3
   fi
   # shellcheck disable=SC2086

@@ -102,3 +102,4 @@ code-lm-hybrid-induction-warm: $(CODELM_HYW) ## optional: the hybrid's induction
 code-lm-bundle: | $(ENV_STAMP) ## the training data of the hybrid recipes as files (data/interim/codelm_bundle*/) for a GPU run
 	$(PY) -m deltalens.codelm bundle -p $(CODELM_HY_PLAIN_PARAMS) --out data/interim/codelm_bundle_plain
 	$(PY) -m deltalens.codelm bundle -p $(CODELM_HY_PARAMS) --out data/interim/codelm_bundle_context
+	$(PY) -m deltalens.codelm bundle -p $(CODELM_HYW_PARAMS) --out data/interim/codelm_bundle_warm
