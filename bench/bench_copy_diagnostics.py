@@ -37,6 +37,7 @@ from deltalens.codelm.curriculum import CurriculumConfig, CurriculumSampler
 from deltalens.codelm.diagnostics import copy_curve, copy_sequences, first_occurrence_gradient
 from deltalens.codelm.model import CodeLMConfig
 from deltalens.codelm.params import CodeLMParams
+from deltalens.codelm.recall import random_token_ids
 from deltalens.codelm.train import accumulate_gradients, param_groups, token_stream
 
 FAMILIES = {  # equal width / depth; the hybrid's layer 1 attends (attn_layers), the rest are Mamba-2
@@ -75,6 +76,11 @@ def corpus_streams(tiny: bool, vocab_size: int):
     train = token_stream(encode_documents(tok, corpus.texts("train")), eos)
     held = token_stream(encode_documents(tok, corpus.texts("held_out")), eos)
     return tok, train, held
+
+
+def best_gap(points: list[dict], source: str) -> float:
+    """The largest copy gap among ``points`` (asdict'ed CopyPoints) of one ``source`` (code | random)."""
+    return max(p["gap"] for p in points if p["source"] == source)
 
 
 def main(argv=None) -> dict:
@@ -119,8 +125,7 @@ def main(argv=None) -> dict:
     curriculum = CurriculumConfig(spans=(args.span_share, args.span_share), span_lengths=(8, 16, 32, 64),
                                   random_spans=(args.random_span_share, args.random_span_share),
                                   random_span_lengths=(8, 16, 32, 64))
-    special = set(tok.all_special_ids)
-    random_ids = torch.tensor([i for i in range(vocab) if i not in special])
+    random_ids = random_token_ids(tok)
 
     def curves(model):  # code spans, then random-token spans: the same (span, distance) grid
         return [asdict(p) for ids in (None, random_ids)
@@ -156,7 +161,7 @@ def main(argv=None) -> dict:
                     "copy_after": curves(model)})
         result["families"][name] = row
         save()
-        best = {src: max(p["gap"] for p in row["copy_after"] if p["source"] == src) for src in ("code", "random")}
+        best = {src: best_gap(row["copy_after"], src) for src in ("code", "random")}
         print(f"{name:9s} {row['parameters'] / 1e6:.2f} M params, {row['seconds_per_step']:.2f} s/step, "
               f"grad into first occurrence {grad['first_occurrence']:.2e}, best copy gap after {args.steps} steps: "
               f"code spans {best['code']:.3f}, random spans {best['random']:.3f} nats/token", flush=True)
@@ -176,15 +181,14 @@ def main(argv=None) -> dict:
         else:
             mheld = held
         lm = TransformersLM(AutoModelForCausalLM.from_pretrained(d).float().eval())
-        mids = torch.tensor([i for i in range(len(mtok)) if i not in set(mtok.all_special_ids)])
+        mids = random_token_ids(mtok)
         result.setdefault("models", {})[d] = [asdict(p) for ids in (None, mids) for p in
                                               copy_curve(lm, mheld, spans, distances, args.probes, args.seed,
                                                          random_ids=ids)]
         save()
     attention = result["families"].get("attention")
     if attention is not None:
-        gap = max(p["gap"] for p in attention["copy_after"] if p["source"] == "random")
-        code = max(p["gap"] for p in attention["copy_after"] if p["source"] == "code")
+        gap, code = best_gap(attention["copy_after"], "random"), best_gap(attention["copy_after"], "code")
         result["instrument_check"] = {"attention_best_gap": gap, "attention_best_code_gap": code, "copies": gap > 0.5}
         save()
     print(f"-> {out}")

@@ -75,10 +75,9 @@ def name_accuracy_row(s: pd.DataFrame, n_boot: int, seed: int) -> dict:
     if "name_accuracy" not in s.columns:
         return dict.fromkeys(keys, float("nan"))
     has = s.dropna(subset=["name_accuracy", "name_accuracy_no_context"])
-    diff = has["name_accuracy"].astype(float) - has["name_accuracy_no_context"].astype(float)
-    gain, lo, hi = cluster_bootstrap_mean(diff, has["sample_id"], has["project"], n_boot, seed)
-    return dict(zip(keys, (len(has), has["name_accuracy"].astype(float).mean(),
-                           has["name_accuracy_no_context"].astype(float).mean(), gain, lo, hi)))
+    with_, without = has["name_accuracy"].astype(float), has["name_accuracy_no_context"].astype(float)
+    gain, lo, hi = cluster_bootstrap_mean(with_ - without, has["sample_id"], has["project"], n_boot, seed)
+    return dict(zip(keys, (len(has), with_.mean(), without.mean(), gain, lo, hi)))
 
 
 def loo_by_category(ds, run_dir, split: str = "test", n_boot: int = 1000, seed: int = 0,
@@ -110,8 +109,7 @@ def context_use_markdown(gain: pd.DataFrame, loo: dict[str, pd.DataFrame], targe
              "difference] | prompts over trained length |", "|---|---|---:|---:|---|---:|---:|---|---:|"]
     for r in gain.itertuples():
         names = "n/a (extracted before the column)"
-        n = getattr(r, "name_samples", float("nan"))
-        if not np.isnan(n) and n > 0:  # NaN: a run extracted before the column
+        if not np.isnan(r.name_samples) and r.name_samples > 0:  # NaN: a run extracted before the column
             names = (f"{r.name_accuracy_with:.1%} / {r.name_accuracy_without:.1%} ({r.name_samples}) "
                      f"[{r.name_gain_lo:+.1%}, {r.name_gain_hi:+.1%}]")
         lines.append(f"| {r.run} | {r.samples} ({r.projects}) | {r.loss_with:.3f} | {r.loss_without:.3f} | "

@@ -110,6 +110,7 @@ class CurriculumSampler:
         self.share, self.seq_len, self.query_chars, self.loss, self.gen = share, seq_len, query_chars, loss, gen
         self.counts: dict[str, int] = {}
         self.rename_failures = 0
+        self._ids: torch.Tensor | None = None  # the random spans' ids, made at the first random span
 
     def _uniform(self) -> float:
         return float(torch.rand((), generator=self.gen))
@@ -118,23 +119,17 @@ class CurriculumSampler:
         return int(torch.randint(n, (), generator=self.gen))
 
     def draw(self, progress: float) -> Scored:
-        from .recall import identifier_pairs, rename_sample, repeated_span
+        from .recall import identifier_pairs, random_token_ids, rename_sample
 
         shares = self.cfg.at(progress)
         u = self._uniform()
         n = self.seq_len
         if u < shares["spans"]:
-            span = self.cfg.span_lengths[self._int(len(self.cfg.span_lengths))]
-            span = min(span, (n - 1) // 3)
-            distance = 1 + self._int(max(1, n - 2 * span - 1))
-            seq, a, b = repeated_span(self.stream, span, distance, n, self.gen)
-            return self._count(Scored(seq, a, b, "span"))
+            return self._count(self._repeat(self.cfg.span_lengths, None, "span"))
         if u < shares["spans"] + shares["random_spans"]:
-            span = self.cfg.random_span_lengths[self._int(len(self.cfg.random_span_lengths))]
-            span = min(span, (n - 1) // 3)
-            distance = 1 + self._int(max(1, n - 2 * span - 1))
-            seq, a, b = repeated_span(self.stream, span, distance, n, self.gen, self._random_ids())
-            return self._count(Scored(seq, a, b, "random_span"))
+            if self._ids is None:
+                self._ids = random_token_ids(self.tokenizer)
+            return self._count(self._repeat(self.cfg.random_span_lengths, self._ids, "random_span"))
         if u < shares["spans"] + shares["random_spans"] + shares["pairs"]:
             rng = random.Random(self._int(2 ** 31))
             lo, hi = self.cfg.pairs_range
@@ -160,12 +155,16 @@ class CurriculumSampler:
         s = self._int(hi + 1)
         return self._count(Scored(self.stream[s:s + n + 1], 0, n + 1, "plain"))
 
-    def _random_ids(self) -> torch.Tensor:
-        """The ids a random span is drawn from: the whole vocabulary but its special tokens."""
-        if getattr(self, "_ids", None) is None:
-            special = set(self.tokenizer.all_special_ids)
-            self._ids = torch.tensor([i for i in range(len(self.tokenizer)) if i not in special])
-        return self._ids
+    def _repeat(self, lengths: tuple[int, ...], random_ids: torch.Tensor | None, kind: str) -> Scored:
+        """A span of one of ``lengths`` tokens (code, or ``random_ids``) repeated at a drawn distance, scored on
+        the repeat (:func:`.recall.repeated_span`)."""
+        from .recall import repeated_span
+
+        n = self.seq_len
+        span = min(lengths[self._int(len(lengths))], (n - 1) // 3)
+        distance = 1 + self._int(max(1, n - 2 * span - 1))
+        seq, a, b = repeated_span(self.stream, span, distance, n, self.gen, random_ids)
+        return Scored(seq, a, b, kind)
 
     def _count(self, s: Scored) -> Scored:
         self.counts[s.kind] = self.counts.get(s.kind, 0) + 1

@@ -61,6 +61,7 @@ def copy_curve(model: nn.Module, stream: torch.Tensor, spans=(8, 16, 32, 64, 256
     (``random_ids``: random-token spans, source ``random``)."""
     was = model.training
     model.eval()
+    source = "code" if random_ids is None else "random"
     points = []
     for span in spans:
         for distance in distances:
@@ -74,7 +75,7 @@ def copy_curve(model: nn.Module, stream: torch.Tensor, spans=(8, 16, 32, 64, 256
             gaps = np.array(first) - np.array(second)
             rng = np.random.default_rng(seed)
             boots = gaps[rng.integers(0, len(gaps), (n_boot, len(gaps)))].mean(1)
-            points.append(CopyPoint("code" if random_ids is None else "random", span, distance, n, float(np.mean(first)), float(np.mean(second)),
+            points.append(CopyPoint(source, span, distance, n, float(np.mean(first)), float(np.mean(second)),
                                     float(gaps.mean()), float(np.quantile(boots, 0.025)),
                                     float(np.quantile(boots, 0.975))))
     model.train(was)

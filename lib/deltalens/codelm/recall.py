@@ -219,6 +219,13 @@ def _name_tokens(text: str) -> list[str]:
 
 
 # ---- synthetic copying sequences (token level) ------------------------------------------------------------------------
+def random_token_ids(tokenizer) -> torch.Tensor:
+    """The ids a random span is drawn from (:func:`repeated_span`): the tokenizer's whole vocabulary but its special
+    tokens."""
+    special = set(tokenizer.all_special_ids)
+    return torch.tensor([i for i in range(len(tokenizer)) if i not in special])
+
+
 def repeated_span(stream: torch.Tensor, span: int, distance: int, total: int, gen: torch.Generator,
                   random_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
     """(a ``total + 1``-token sequence: filler, a span of ``span`` code tokens, ``distance`` tokens of other code,
