@@ -32,8 +32,8 @@ from deltalens.lm.forward import forward_all
 from deltalens.lm.loading import load_lm, model_facts
 from deltalens.lm.prompts import LayoutPolicy, encode
 
-SCORERS = [("bm25", {}), ("tfidf", {}), ("random", {}), ("embedding", {}), ("delta", {"stat": "mean"}),
-           ("decimation", {"stat": "25"}), ("hidden_attention", {}), ("self_information", {}),
+SCORERS = [("bm25", {}), ("tfidf", {}), ("random", {}), ("embedding", {}), ("delta", {"statistic": "mean"}),
+           ("decimation", {"statistic": "25"}), ("hidden_attention", {}), ("self_information", {}),
            ("leave_one_out", {})]
 
 

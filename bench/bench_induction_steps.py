@@ -10,6 +10,12 @@ transformers' ``LlamaForCausalLM`` — attention only —, ``BambaForCausalLM`` 
 ``--attn-layers`` —, ``Mamba2ForCausalLM``; equal width, depth, MLP) trains from the same seed on the same batches
 with AdamW; the repeat loss is recorded every ``--log-every`` steps. The step at which the curve leaves chance is
 what a copying curriculum has to budget for (issue 22): the code LMs' copying data is far noisier than this.
+
+``--random-first`` draws the first occurrence's position per sequence. With a fixed ``--first`` the repeat sits at
+one fixed offset from its source, which one attention head can learn to look up by relative position alone — a
+shortcut, not induction (measured here: attention-only 9.03 -> 0.005 in 1,000 steps with a fixed offset, still at
+chance after 1,500 with random positions at 256 tokens; it left chance after ~900 steps at 64 tokens).
+``--token-vocab N`` draws the tokens from N - 2 ids only (the model keeps ``--vocab``).
 """
 
 from __future__ import annotations
@@ -50,9 +56,16 @@ def build(family: str, vocab: int, d: int, layers: int, attn_layers: list[int], 
     raise ValueError(f"--families: unknown family {family!r}; allowed: attention, hybrid, mamba2")
 
 
-def batch(gen: torch.Generator, n: int, seq_len: int, vocab: int, first: int, span: int) -> torch.Tensor:
+def batch(gen: torch.Generator, n: int, seq_len: int, vocab: int, first: int | None, span: int) -> torch.Tensor:
+    """``n`` sequences of random tokens (ids 2 .. vocab - 1) whose last ``span`` repeat the span at ``first`` — or,
+    ``first=None``, at a position drawn per sequence from 0 .. seq_len - 2 span (the distance varies: no fixed offset
+    to look up)."""
     x = torch.randint(2, vocab, (n, seq_len), generator=gen)
-    x[:, seq_len - span:] = x[:, first:first + span]
+    if first is not None:
+        x[:, seq_len - span:] = x[:, first:first + span]
+        return x
+    for row, f in zip(x, torch.randint(0, seq_len - 2 * span + 1, (n,), generator=gen).tolist()):
+        row[seq_len - span:] = row[f:f + span]
     return x
 
 
@@ -66,7 +79,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--span", type=int, default=32)
     ap.add_argument("--first", type=int, default=40)
+    ap.add_argument("--random-first", action="store_true",
+                    help="draw the first occurrence's position per sequence: true induction, where a fixed --first "
+                         "also lets a model copy from one fixed offset (a positional shortcut)")
     ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--token-vocab", type=int, default=None,
+                    help="draw the sequences' tokens from ids 2 .. N-1 only (the model keeps --vocab): each token is "
+                         "seen more often, so the copying map is learned sooner; chance stays ln(N - 2)")
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--attn-layers", default="1")
@@ -81,7 +100,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result: dict = {"args": vars(args), "chance": math.log(args.vocab - 2),
+    result: dict = {"args": vars(args), "chance": math.log((args.token_vocab or args.vocab) - 2),
                     "machine": {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__},
                     "families": {}}
     attn_layers = [int(x) for x in args.attn_layers.split(",") if x != ""]
@@ -92,7 +111,8 @@ def main(argv=None) -> dict:
         a = args.seq_len - args.span
         curve, t0 = [], time.perf_counter()
         for step in range(args.steps + 1):
-            x = batch(gen, args.batch, args.seq_len, args.vocab, args.first, args.span)
+            x = batch(gen, args.batch, args.seq_len, args.token_vocab or args.vocab,
+                      None if args.random_first else args.first, args.span)
             for g in opt.param_groups:
                 g["lr"] = args.lr * min(1.0, (step + 1) / 50)
             logits = model(x[:, :-1], use_cache=False).logits

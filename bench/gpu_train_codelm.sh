@@ -6,12 +6,17 @@
 #   .whl/                         pip download --no-deps --only-binary=:all: --python-version 3.12
 #                                 --platform manylinux_2_17_x86_64 -d .whl mambapy==1.2.0 transformers==5.24.0
 #                                 tokenizers==0.23.3 safetensors==0.8.0
-#   data/interim/codelm_bundle_plain, data/interim/codelm_bundle_context, data/interim/codelm_bundle_warm
-#                                 (make code-lm-bundle; the warm-up's prompts section differs: no prompts drawn)
+#   data/interim/codelm_bundle_plain, data/interim/codelm_bundle_context, data/interim/codelm_bundle_warm,
+#   data/interim/codelm_bundle_attnfirst_warm
+#                                 (make code-lm-bundle; the warm-ups' prompts section differs: no prompts drawn)
 # Usage there:   OUT=/some/dir bash bench/gpu_train_codelm.sh [family ...]      (default: hybrid mamba2 mamba1)
 #   RECIPE=induction: between the ablation and the curriculum run, the induction warm-up stage
 #   (params/codelm/hybrid-induction-warm.yaml: short sequences of repeated random-token spans), then
 #   params/codelm/hybrid-induction.yaml instead of hybrid.yaml (WARM_STEPS steps of the warm-up)
+#   RECIPE=attnfirst (hybrid only): the attention-first hybrid (attention at layers 0 and 1, Mamba-2 after): its
+#   ablation (hybrid-plain.yaml in that shape), stage 1 from scratch on 64-token repeated random spans
+#   (params/codelm/hybrid-attnfirst-warm.yaml, WARM_STEPS; batch 64 x 4 BATCH / 16), stage 2 the prompt curriculum
+#   (params/codelm/hybrid-attnfirst.yaml, CONTEXT_STEPS)
 # Rehearsal here (CPU, tiny steps): TINY=1 OUT=/tmp/x PATH=.venv/bin:$PATH bash bench/gpu_train_codelm.sh hybrid
 # Every family is trained twice: its context-blind ablation (plain code windows) and, continuing it, the curriculum
 # run; the model shape is params/codelm/hybrid*.yaml's, changed per family by the overrides below. Steps and batch
@@ -25,7 +30,8 @@ RECIPE=${RECIPE:-curriculum}; WARM_STEPS=${WARM_STEPS:-3000}
 case "$RECIPE" in
   curriculum) CONTEXT_PARAMS=params/codelm/hybrid.yaml ;;
   induction) CONTEXT_PARAMS=params/codelm/hybrid-induction.yaml ;;
-  *) echo "unknown RECIPE=$RECIPE (allowed: curriculum, induction)" >&2; exit 1 ;;
+  attnfirst) CONTEXT_PARAMS=params/codelm/hybrid-attnfirst.yaml ;;
+  *) echo "unknown RECIPE=$RECIPE (allowed: curriculum, induction, attnfirst)" >&2; exit 1 ;;
 esac
 if [ -n "${TINY:-}" ]; then  # a rehearsal on the CPU: the same commands, two steps each
   device=cpu; PLAIN_STEPS=2; CONTEXT_STEPS=2; WARM_STEPS=2; BATCH=4; MINUTES=2
@@ -39,6 +45,11 @@ fi
 python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/device.txt"
 
 family_overrides() {  # the model section per family (the hybrid is the params files' own model)
+  if [ "$RECIPE" = attnfirst ]; then  # the attention-first shape of params/codelm/hybrid-attnfirst*.yaml
+    [ "$1" = hybrid ] || { echo "RECIPE=attnfirst trains the hybrid only, not $1" >&2; return 1; }
+    echo "--set model.d_model=128 --set model.attn_layers=[0,1] --set model.intermediate_size=256 --set model.chunk_size=64"
+    return 0
+  fi
   case "$1" in
     hybrid) echo "" ;;
     mamba2) echo "--set model.arch=mamba2 --set model.d_state=128 --set model.attn_layers=null --set model.n_attention_heads=null --set model.intermediate_size=null" ;;
@@ -58,6 +69,13 @@ for f in "${families[@]}"; do
   python -m deltalens.codelm train -p params/codelm/hybrid-plain.yaml --bundle data/interim/codelm_bundle_plain \
     --out "$plain" $over $common --set train.max_steps=$PLAIN_STEPS 2>&1 | tee "$OUT/$f-plain.log" | tail -3
   start="$plain"
+  if [ "$RECIPE" = attnfirst ]; then  # stage 1 trains from scratch (the ablation above is its plain-code twin)
+    start="$OUT/code-lm-$f-attnfirst-warm"
+    python -m deltalens.codelm train -p params/codelm/hybrid-attnfirst-warm.yaml \
+      --bundle data/interim/codelm_bundle_attnfirst_warm --out "$start" $common \
+      --set train.batch_size=$((BATCH * 4)) --set train.micro_batch_size=$((BATCH * 4)) \
+      --set train.max_steps=$WARM_STEPS 2>&1 | tee "$OUT/$f-attnfirst-warm.log" | tail -3
+  fi
   if [ "$RECIPE" = induction ]; then
     start="$OUT/code-lm-$f-induction-warm"
     # shellcheck disable=SC2086

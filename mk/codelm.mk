@@ -99,7 +99,38 @@ $(CODELM_HYW): $(CODELM_HYW_PARAMS) $(CODELM_HY_PLAIN) $(CODELM_EXCLUDE) $(CODEL
 
 code-lm-hybrid-induction-warm: $(CODELM_HYW) ## optional: the hybrid's induction warm-up on repeated random-token spans (~25 min)
 
+# the attention-first hybrid (issue 22 round 4): attention at layers 0 and 1, Mamba-2 after; stage 1 from scratch on
+# repeated random-token spans at 256 tokens (~27 min on 2 cores), stage 2 on the prompt curriculum at 1,024 (~25 min)
+CODELM_HYAW_PARAMS := params/codelm/hybrid-attnfirst-warm.yaml
+CODELM_HYAW_DIR    := data/models/code-lm-hybrid-attnfirst-warm
+CODELM_HYAW        := $(CODELM_HYAW_DIR)/config.json
+CODELM_HYA_PARAMS  := params/codelm/hybrid-attnfirst.yaml
+CODELM_HYA_DIR     := data/models/code-lm-hybrid-attnfirst
+CODELM_HYA         := $(CODELM_HYA_DIR)/config.json
+
+.PHONY: code-lm-hybrid-attnfirst-warm code-lm-hybrid-attnfirst
+
+$(CODELM_HYAW): $(CODELM_HYAW_PARAMS) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_HYAW_PARAMS) --out $(CODELM_HYAW_DIR)
+
+$(CODELM_HYA): $(CODELM_HYA_PARAMS) $(CODELM_HYAW) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_HYA_PARAMS) --out $(CODELM_HYA_DIR)
+
+CODELM_HYAP_PARAMS := params/codelm/hybrid-attnfirst-plain.yaml
+CODELM_HYAP_DIR    := data/models/code-lm-hybrid-attnfirst-plain
+CODELM_HYAP        := $(CODELM_HYAP_DIR)/config.json
+
+.PHONY: code-lm-hybrid-attnfirst-plain
+
+$(CODELM_HYAP): $(CODELM_HYAP_PARAMS) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_HYAP_PARAMS) --out $(CODELM_HYAP_DIR)
+
+code-lm-hybrid-attnfirst-plain: $(CODELM_HYAP) ## optional: the attention-first hybrid's context-blind ablation (plain code windows, ~5 min)
+code-lm-hybrid-attnfirst-warm: $(CODELM_HYAW) ## optional: the attention-first hybrid, stage 1: from scratch on repeated random spans (~27 min)
+code-lm-hybrid-attnfirst: $(CODELM_HYA) ## optional: the attention-first hybrid, stage 2: the prompt curriculum (~25 min; continues stage 1)
+
 code-lm-bundle: | $(ENV_STAMP) ## the training data of the hybrid recipes as files (data/interim/codelm_bundle*/) for a GPU run
 	$(PY) -m deltalens.codelm bundle -p $(CODELM_HY_PLAIN_PARAMS) --out data/interim/codelm_bundle_plain
 	$(PY) -m deltalens.codelm bundle -p $(CODELM_HY_PARAMS) --out data/interim/codelm_bundle_context
 	$(PY) -m deltalens.codelm bundle -p $(CODELM_HYW_PARAMS) --out data/interim/codelm_bundle_warm
+	$(PY) -m deltalens.codelm bundle -p $(CODELM_HYAW_PARAMS) --out data/interim/codelm_bundle_attnfirst_warm

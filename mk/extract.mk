@@ -85,3 +85,27 @@ $(EXTRACT_HYP_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HYP_PARAMS) $(CODE
 	$(PAPERMILL) -f $(EXTRACT_HYP_PARAMS) $< $@.tmp && mv $@.tmp $@
 
 extract-hybrid-plain: $(EXTRACT_HYP_NB) ## optional: the hybrids' context-blind ablation on the same prompts (no leave-one-out)
+
+# ---- optional: Δ per head from the attention-first hybrid's Mamba-2 layers (make code-lm-hybrid-attnfirst) -----------
+EXTRACT_HYA_PARAMS := params/extract-optional/code-lm-hybrid-attnfirst_context_first.yaml
+EXTRACT_HYA_NB     := $(EXECUTED)/03_extract_delta/code-lm-hybrid-attnfirst_context_first.ipynb
+
+.PHONY: extract-hybrid-attnfirst
+
+$(EXTRACT_HYA_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HYA_PARAMS) $(CODELM_HYA) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
+	@mkdir -p $(@D)
+	$(PAPERMILL) -f $(EXTRACT_HYA_PARAMS) $< $@.tmp && mv $@.tmp $@
+
+extract-hybrid-attnfirst: $(EXTRACT_HYA_NB) ## optional: Δ per head from the attention-first hybrid's Mamba-2 layers, context first
+
+# ---- optional: the attention-first hybrid's context-blind ablation (make code-lm-hybrid-attnfirst-plain) --------------
+EXTRACT_HYAP_PARAMS := params/extract-optional/code-lm-hybrid-attnfirst-plain_context_first.yaml
+EXTRACT_HYAP_NB     := $(EXECUTED)/03_extract_delta/code-lm-hybrid-attnfirst-plain_context_first.ipynb
+
+.PHONY: extract-hybrid-attnfirst-plain
+
+$(EXTRACT_HYAP_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HYAP_PARAMS) $(CODELM_HYAP) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
+	@mkdir -p $(@D)
+	$(PAPERMILL) -f $(EXTRACT_HYAP_PARAMS) $< $@.tmp && mv $@.tmp $@
+
+extract-hybrid-attnfirst-plain: $(EXTRACT_HYAP_NB) ## optional: the attention-first hybrid's ablation on the same prompts (no leave-one-out)

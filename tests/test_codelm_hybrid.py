@@ -6,6 +6,7 @@ weight-decayed in any family; the copy diagnostics' gradient check on every trai
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -213,6 +214,12 @@ def test_the_induction_steps_bench_trains_every_family_on_the_same_batches(tmp_p
         assert abs(f["curve"][0]["repeat_loss"] - res["chance"]) < 1.0  # untrained: about ln(V - 2)
     x = bench.batch(torch.Generator().manual_seed(0), 3, 48, 64, 4, 8)
     assert torch.equal(x[:, -8:], x[:, 4:12]) and int(x.min()) >= 2  # the repeat, never a special id
+    x = bench.batch(torch.Generator().manual_seed(0), 40, 48, 20, None, 8)  # random first positions, ids 2..19
+    sources = {next(f for f in range(48 - 16 + 1) if torch.equal(row[f:f + 8], row[-8:])) for row in x}
+    assert len(sources) > 5 and int(x.min()) >= 2 and int(x.max()) < 20
+    res = bench.main(["--tiny", "--threads", "1", "--families", "attention", "--random-first", "--token-vocab", "12",
+                      "--out", str(out)])
+    assert res["chance"] == pytest.approx(math.log(10)) and res["args"]["random_first"]
 
 
 def test_the_gpu_training_script_parses():

@@ -230,3 +230,56 @@ def test_the_sampler_draws_random_spans_scored_on_their_repeat():
             assert x.end - x.start == 16 and all(1 < t < 400 for t in rep)
             text = x.tokens.tolist()
             assert any(text[i:i + 16] == rep for i in range(x.start - 16 + 1))
+
+
+def test_each_curriculum_sequence_s_loss_is_recorded_under_its_kind():
+    """The training curve's per-kind loss (train_loss_by_kind): the repeat loss of random spans, step by step, is when
+    copying is learned; it must be each sequence's own scored loss, and the batch loss their mean."""
+    import torch.nn.functional as F
+
+    from deltalens.codelm.curriculum import Scored
+    from deltalens.codelm.train import accumulate_gradients
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 50))
+    seqs = [torch.randint(0, 50, (20,)) for _ in range(3)]
+    batch = [Scored(seqs[0], 5, 12, "random_span"), Scored(seqs[1], 0, 20, "plain"), Scored(seqs[2], 8, 16, "random_span")]
+    by_kind: dict = {}
+    loss = float(accumulate_gradients(model, batch, 1, by_kind))
+    own = [float(F.cross_entropy(model(s.tokens[None, :s.end - 1])[0, max(s.start, 1) - 1:s.end - 1],
+                                 s.tokens[max(s.start, 1):s.end])) for s in batch]
+    assert by_kind["random_span"] == pytest.approx([own[0], own[2]]) and by_kind["plain"] == pytest.approx([own[1]])
+    assert loss == pytest.approx(sum(own) / 3)
+
+
+def test_equal_length_sequences_share_a_forward_without_changing_the_loss_or_gradient():
+    """micro_batch_size > 1 stacks curriculum sequences of one length into one forward: each keeps the loss (and the
+    gradient) it has alone — also for a causal model whose logits mix positions."""
+    from deltalens.codelm.curriculum import Scored
+    from deltalens.codelm.train import accumulate_gradients
+
+    class Causal(torch.nn.Module):  # position t sees the running mean of embeddings 0..t
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = torch.nn.Embedding(50, 8), torch.nn.Linear(8, 50)
+
+        def forward(self, x):
+            h = self.emb(x).cumsum(1) / torch.arange(1, x.shape[1] + 1)[None, :, None]
+            return self.head(h)
+
+    torch.manual_seed(0)
+    model = Causal()
+    batch = [Scored(torch.randint(0, 50, (n,)), a, b, k) for n, a, b, k in
+             [(20, 5, 12, "random_span"), (20, 0, 20, "plain"), (9, 2, 9, "prompt"), (20, 8, 16, "random_span"),
+              (9, 0, 7, "prompt")]]
+    runs = []
+    for micro in (1, 2, 5):
+        model.zero_grad(set_to_none=True)
+        by_kind: dict = {}
+        loss = float(accumulate_gradients(model, batch, micro, by_kind))
+        runs.append((loss, [p.grad.clone() for p in model.parameters()], by_kind))
+    for loss, grads, by_kind in runs[1:]:
+        assert loss == pytest.approx(runs[0][0], rel=1e-5)
+        assert all(torch.allclose(g, g0, atol=1e-6) for g, g0 in zip(grads, runs[0][1]))
+        assert by_kind.keys() == runs[0][2].keys()
+        assert all(sorted(by_kind[k]) == pytest.approx(sorted(runs[0][2][k]), rel=1e-5) for k in by_kind)

@@ -22,8 +22,8 @@ from deltalens.filter.cli import main as cli_main
 from deltalens.filter.prompts import prompt_from_sample
 from deltalens.lm.prompts import layout
 
-LM_CASES = [("delta", {"layer": 1, "stat": "mean"}, "mean"), ("delta", {"layer": 0, "stat": "l2"}, "l2"),
-            ("decimation", {"layer": 1, "stat": "25"}, "decimate_25"),
+LM_CASES = [("delta", {"layer": 1, "statistic": "mean"}, "mean"), ("delta", {"layer": 0, "statistic": "l2"}, "l2"),
+            ("decimation", {"layer": 1, "statistic": "25"}, "decimate_25"),
             ("hidden_attention", {"layer": 0, "prefix_tokens": 4}, "ha_prefix_end"),
             ("self_information", {}, "self_information"), ("leave_one_out", {}, "loss_gain")]
 
@@ -118,7 +118,7 @@ def test_the_budget_rule_equals_a_brute_force_over_all_subsets():
 def test_results_name_their_budget_forced_keeps_and_order(study):
     _, ds, model = study
     p = prompt_of(ds, ds.samples["sample_id"].iloc[1])
-    f = ContextFilter("delta", model, layer=1, stat="max", sign=-1.0)
+    f = ContextFilter("delta", model, layer=1, statistic="max", sign=-1.0)
     worst = int(np.argmax(f.filter_many([p], rate=1.0)[0].ranks))
     r = f.filter([{"text": c.text, "path": c.path} for c in p.chunks], p.query, budget_tokens=0, keep=[worst],
                  path=p.path)
@@ -161,7 +161,7 @@ def test_from_analysis_takes_the_dev_choice_and_the_runs_model(study, tmp_path):
                            {"name": "path distance", "column": "path_distance", "sign": -1.0, "kind": "control"}]}
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     f = ContextFilter.from_analysis(tmp_path / "metrics.json")
-    assert (f.scorer.name, f.scorer.layer, f.scorer.stat, f.scorer.sign) == ("delta", 1, "l2", -1.0)
+    assert (f.scorer.name, f.scorer.layer, f.scorer.statistic, f.scorer.sign) == ("delta", 1, "l2", -1.0)
     assert f.settings()["chosen_on_dev"]["column"].endswith("L1:l2") and f.scorer.model_name == str(root / "lm")
     sid = ds.samples["sample_id"].iloc[0]
     rows = pd.read_parquet(root / "run/chunk_delta.parquet").query("sample_id == @sid and layer == 1")
@@ -206,7 +206,7 @@ def test_cli_resumes_without_repeating_and_repeats_itself_byte_for_byte(study, t
     rows = [{"id": s, "query": ds.sample(s)["prefix"], "path": ds.sample(s)["path"],
              "chunks": [{"text": c["text"], "path": c["path"]} for c in ds.sample(s)["chunks"]]}
             for s in ds.samples["sample_id"][:5]]
-    args = ["--scorer", "delta", "--model", str(root / "lm"), "--layer", "1", "--stat", "mean", "--sign", "-1",
+    args = ["--scorer", "delta", "--model", str(root / "lm"), "--layer", "1", "--statistic", "mean", "--sign", "-1",
             "--budget-tokens", "60", "--batch-size", "2", "--no-progress"]
     write_prompts(tmp_path / "all.jsonl", rows)
     assert cli_main(["--in", str(tmp_path / "all.jsonl"), "--out", str(tmp_path / "once.jsonl"), *args]) == 0

@@ -108,23 +108,52 @@ def sample_mixed(stream: torch.Tensor, contexts: list[torch.Tensor], share: floa
     return out
 
 
-def accumulate_gradients(model: nn.Module, batch, micro_batch_size: int) -> torch.Tensor:
+def accumulate_gradients(model: nn.Module, batch, micro_batch_size: int,
+                         by_kind: dict[str, list[float]] | None = None) -> torch.Tensor:
     """Backward of the batch's mean next-token loss, ``micro_batch_size`` windows at a time; returns the loss.
     A list of (sequence, first scored position) of different lengths (:func:`sample_mixed`) or of
-    :class:`~.curriculum.Scored` sequences (scored on ``tokens[start:end]``) goes one sequence at a time, each
-    weighted equally."""
+    :class:`~.curriculum.Scored` sequences (scored on ``tokens[start:end]``) weighs each sequence equally; with
+    ``micro_batch_size`` 1 it goes one sequence at a time, otherwise sequences of equal length go up to
+    ``micro_batch_size`` per forward (the causal model's logits before ``end`` do not depend on what follows, so each
+    sequence's loss is the one it has alone). ``by_kind`` (a dict) collects each Scored sequence's loss under its
+    kind (the repeat loss of random spans vs step is when copying is learned)."""
     device = next(model.parameters()).device
     loss = torch.zeros((), device=device)
     if isinstance(batch, list):
-        for item in batch:
-            seq, start, end = (item.tokens, item.start, item.end) if hasattr(item, "tokens") else (*item, None)
-            seq = seq.to(device)
-            start = max(start, 1)
-            end = seq.numel() if end is None else end
-            logits = model(seq[None, :end - 1])
-            part = F.cross_entropy(logits[0, start - 1:end - 1], seq[start:end])  # targets from position start
-            (part / len(batch)).backward()
-            loss += part.detach() / len(batch)
+        items = [(it.tokens, it.start, it.end, it.kind) if hasattr(it, "tokens") else (*it, None, None)
+                 for it in batch]
+        groups: dict[int, list[int]] = {}  # sequences of one length, in batch order (one group each at size 1)
+        for i, (seq, *_rest) in enumerate(items):
+            groups.setdefault(seq.numel() if micro_batch_size > 1 else -1 - i, []).append(i)
+        for members in groups.values():
+            for at in range(0, len(members), micro_batch_size):
+                micro = [items[i] for i in members[at:at + micro_batch_size]]
+                ends = [seq.numel() if end is None else end for seq, _, end, _ in micro]
+                x = torch.stack([seq[:max(ends)] for seq, *_ in micro]).to(device)
+                logits = model(x[:, :max(ends) - 1])
+                if len(micro) == 1:  # one sequence: its mean loss on its targets (the path of every older recipe)
+                    (_, start, _, kind), end = micro[0], ends[0]
+                    start = max(start, 1)  # targets from position start
+                    part = F.cross_entropy(logits[0, start - 1:end - 1], x[0, start:end])
+                    (part / len(batch)).backward()
+                    loss += part.detach() / len(batch)
+                    if by_kind is not None and kind is not None:
+                        by_kind.setdefault(kind, []).append(float(part.detach()))
+                    continue
+                # one cross-entropy over the micro batch, each sequence's scored targets weighted 1 / their number
+                # (per-sequence slices of the logits would each backpropagate a full-size gradient)
+                weight = torch.zeros(x.shape[0], x.shape[1] - 1, device=device)
+                for r, ((_, start, _, _), end) in enumerate(zip(micro, ends)):
+                    start = max(start, 1)  # targets from position start
+                    weight[r, start - 1:end - 1] = 1.0 / (end - start)
+                nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
+                per_seq = (nll.view_as(weight) * weight).sum(1)  # each sequence's mean loss on its targets
+                (per_seq.sum() / len(batch)).backward()
+                loss += per_seq.detach().sum() / len(batch)
+                if by_kind is not None:
+                    for (_, _, _, kind), part in zip(micro, per_seq.detach().tolist()):
+                        if kind is not None:
+                            by_kind.setdefault(kind, []).append(part)
         return loss
     for micro in batch.to(device).split(micro_batch_size):
         logits = model(micro[:, :-1])
@@ -134,6 +163,8 @@ def accumulate_gradients(model: nn.Module, batch, micro_batch_size: int) -> torc
         loss += part.detach() * weight
     return loss
 
+
+RECENT = 200  # losses per kind in the progress bar's running mean
 
 NO_DECAY_NAMES = ("A_log", "D", "dt_bias")  # the SSM's decay, skip and step bias (official Mamba: _no_weight_decay)
 
@@ -156,6 +187,7 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, train_stream: torch
     (a :class:`~.curriculum.CurriculumSampler`) draws every sequence when given; ``on_eval(model) -> dict`` adds
     to the curve row at every evaluation (the held-out context gain of a transformers-format model)."""
     curve: list[dict[str, Any]] = []
+    recent: dict[str, list[float]] = {}  # the last RECENT losses per kind (the progress bar's running means)
     step, stopped_by = 0, "max_steps"
     t0 = time.perf_counter()
     bar = tqdm(total=tc.max_steps, desc="train code LM", disable=not progress, mininterval=2.0)
@@ -174,7 +206,8 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, train_stream: torch
         else:
             batch = sample_windows(train_stream, tc.seq_len, tc.batch_size, gen)
         opt.zero_grad(set_to_none=True)
-        loss = accumulate_gradients(model, batch, tc.micro_batch_size).item()
+        by_kind: dict[str, list[float]] = {}
+        loss = accumulate_gradients(model, batch, tc.micro_batch_size, by_kind).item()
         if not math.isfinite(loss):
             raise FloatingPointError(f"training diverged at step {step + 1} (train loss {loss}); lower train.lr")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
@@ -185,11 +218,19 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, train_stream: torch
                                "train_loss": loss}
         if grad_norm is not None:
             row["grad_norm"] = float(grad_norm)
+        if by_kind:  # mean loss per kind of curriculum sequence in this step's batch (and how many there were)
+            row["train_loss_by_kind"] = {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}
+            row["sequences_by_kind"] = {k: len(v) for k, v in sorted(by_kind.items())}
+            for k, v in by_kind.items():
+                recent.setdefault(k, []).extend(v)
+                del recent[k][:-RECENT]
         if step % tc.eval_every == 0:
             row["held_out_loss"] = held_out_loss(model, windows, tc.eval_batch_size)
             if on_eval is not None:
                 row.update(on_eval(model))
             shown = {"held_out": f"{row['held_out_loss']:.3f}"}
+            if recent.get("random_span"):  # the repeat of a random span: chance is ln V until copying is learned
+                shown["random_repeat"] = f"{sum(recent['random_span']) / len(recent['random_span']):.2f}"
             if row.get("held_out_context_gain") is not None:  # does it read its context yet (held-out projects)
                 shown["context_gain"] = f"{row['held_out_context_gain']:+.3f}"
             bar.set_postfix(shown)

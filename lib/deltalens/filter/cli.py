@@ -3,7 +3,7 @@ JSONL file of results (:class:`~.context_filter.FilterResult`, one line per prom
 
     python -m deltalens.filter --in prompts.jsonl --out kept.jsonl --scorer bm25 --rate 0.5
     python -m deltalens.filter --in prompts.jsonl --out kept.jsonl --scorer delta --model data/models/code-lm \\
-        --layer 3 --stat mean --sign -1 --budget-tokens 512
+        --layer 3 --statistic mean --sign -1 --budget-tokens 512
     python -m deltalens.filter --in prompts.jsonl --out kept.jsonl --from-analysis reports/analysis/metrics.json \\
         --rate 0.25
 
@@ -46,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="LM scorers: a local model folder (or hub id in the local cache)")
     p.add_argument("--tokenizer", help="count the budget in this tokenizer (default: the scoring LM's)")
     p.add_argument("--layer", type=int, help="delta / decimation / hidden_attention: the model's layer number")
-    p.add_argument("--stat", help="delta: mean|mean_log|l2|max; decimation: 10|25|50; hidden_attention: prefix_end")
+    p.add_argument("--statistic", help="delta: mean|mean_log|l2|max; decimation: 10|25|50; hidden_attention: prefix_end")
     p.add_argument("--sign", type=float, help="multiplies every score (-1: low scores are kept first)")
     p.add_argument("--layout", choices=LAYOUT_ORDERS, help="LM scorers: the prompt order the LM reads")
     p.add_argument("--query-chars", type=int)
@@ -75,7 +75,7 @@ def _batch_tokens(v: str):
 
 
 def _options(a) -> dict:
-    names = {"layer": "layer", "stat": "stat", "sign": "sign", "layout": "order", "query_chars": "query_chars",
+    names = {"layer": "layer", "statistic": "statistic", "sign": "sign", "layout": "order", "query_chars": "query_chars",
              "max_tokens": "max_tokens", "prefix_tokens": "prefix_tokens", "query_lines": "query_lines",
              "seed": "seed", "dtype": "dtype", "device": "device", "scan": "scan"}
     opts = {dest: getattr(a, arg) for arg, dest in names.items() if getattr(a, arg) is not None}

@@ -2,7 +2,7 @@
 the target model's tokenizer.
 
     from deltalens.filter import ContextFilter
-    f = ContextFilter("delta", model="data/models/code-lm", layer=3, stat="mean", sign=-1)
+    f = ContextFilter("delta", model="data/models/code-lm", layer=3, statistic="mean", sign=-1)
     # or the choice notebook 04 made on dev:  f = ContextFilter.from_analysis("reports/analysis/metrics.json")
     r = f.filter(["def route(e): ...", {"text": "class Router: ...", "path": "app/router.py"}],
                  query="def handler(event):\n", rate=0.5)
@@ -241,11 +241,11 @@ def scorer_of_column(column: str, sign: float) -> tuple[str, dict]:
     if col is not None:
         col = col.base()
         if col.family == DELTA:
-            return "delta", {"layer": col.layer, "stat": col.stat, "sign": sign}
+            return "delta", {"layer": col.layer, "statistic": col.stat, "sign": sign}
         if col.family == DECIM:
-            return "decimation", {"layer": col.layer, "stat": col.stat, "sign": sign}
+            return "decimation", {"layer": col.layer, "statistic": col.stat, "sign": sign}
         if col.family == HATTN and col.stat == "prefix_end":
-            return "hidden_attention", {"layer": col.layer, "stat": col.stat, "sign": sign}
+            return "hidden_attention", {"layer": col.layer, "statistic": col.stat, "sign": sign}
         if col.family == SELFINFO:
             return "self_information", {"sign": sign}
         if col.family == LOSS_GAIN:

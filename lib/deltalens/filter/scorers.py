@@ -8,7 +8,7 @@ LM scorers (one loaded model, one forward per prompt for all its chunks, prompts
 
 * ``delta`` — the mean of a per-token Δ statistic (``mean``, ``mean_log``, ``l2``, ``max``) over the chunk's tokens
   at one layer (the model's own layer number, as in the chunk table's ``delta:<run>:L<layer>:<stat>``);
-* ``decimation`` — the share of the chunk's tokens that DeciMamba's decimation keeps at one layer (``stat``: the
+* ``decimation`` — the share of the chunk's tokens that DeciMamba's decimation keeps at one layer (``statistic``: the
   kept percentage of the prompt's tokens, 10 / 25 / 50);
 * ``hidden_attention`` — the hidden-attention mass (Ali et al.) that the last ``prefix_tokens`` positions of the
   query give the chunk at one layer (Mamba-1 families: the scan's own inputs are needed);
@@ -119,7 +119,7 @@ class LMScorer:
     or hub id (loaded by :func:`deltalens.lm.loading.load_lm` with ``dtype`` / ``device``), or an already loaded
     ``(model, tokenizer)`` pair."""
 
-    def __init__(self, name: str, model, *, layer: int | None = None, stat: str | None = None, sign: float = 1.0,
+    def __init__(self, name: str, model, *, layer: int | None = None, statistic: str | None = None, sign: float = 1.0,
                  order: str = "context_first", query_chars: int = 800, max_tokens: int = 8192,
                  prefix_tokens: int = 16, dtype: str = "float32", device: str = "cpu", scan: str = "auto",
                  batch_tokens: int | str = "auto"):
@@ -128,16 +128,17 @@ class LMScorer:
 
         self.name = check_choice("scorer", name, LM_SCORERS)
         if name in LAYERED:
-            stat = DEFAULT_STAT[name] if stat is None else str(stat)
-            check_choice("stat", stat, STATS[name], where=f"scorer {name!r}")
+            statistic = DEFAULT_STAT[name] if statistic is None else str(statistic)
+            check_choice("statistic", statistic, STATS[name], where=f"scorer {name!r}")
             if layer is None:
                 raise ParameterError(f"scorer {name!r}: parameter layer is required (the model's own layer number, "
                                      "as in the chunk table's columns); ContextFilter.from_analysis takes the one "
                                      "notebook 04 chose on dev")
             check_int("layer", layer, minimum=0, where=f"scorer {name!r}")
-        elif layer is not None or stat is not None:
-            raise ParameterError(f"scorer {name!r} has no layer or stat (got layer={layer!r}, stat={stat!r})")
-        self.layer, self.stat = layer, stat
+        elif layer is not None or statistic is not None:
+            raise ParameterError(f"scorer {name!r} has no layer or statistic (got layer={layer!r}, "
+                                 f"statistic={statistic!r})")
+        self.layer, self.statistic = layer, statistic
         self.sign = check_float("sign", sign)
         check_choice("order", order, ORDERS)
         check_choice("dtype", dtype, DTYPES)
@@ -189,7 +190,7 @@ class LMScorer:
              "sign": self.sign, "order": self.policy.order, "query_chars": self.policy.query_chars,
              "max_tokens": self.policy.max_tokens, "dtype": self.facts["dtype"], "scan": self.scan}
         if self.name in LAYERED:
-            s.update(layer=self.layer, stat=self.stat)
+            s.update(layer=self.layer, statistic=self.statistic)
         if self.name == "hidden_attention":
             s["prefix_tokens"] = self.prefix_tokens
         return s
@@ -229,11 +230,11 @@ class LMScorer:
             if self.name in LAYERED:
                 rows = chunk_rows(p.id, enc, res.stats, [self.layer])
                 if self.name == "delta":
-                    column = self.stat
+                    column = self.statistic
                 elif self.name == "decimation":
-                    column = decimation_column(int(self.stat) / 100)
+                    column = decimation_column(int(self.statistic) / 100)
                 else:
-                    column = f"ha_{self.stat}"
+                    column = f"ha_{self.statistic}"
                 values = rows.sort_values("chunk_index")[column].to_numpy(float)
             elif self.name == "self_information":
                 values = np.array([np.nan if r["self_information"] is None else r["self_information"]
