@@ -14,7 +14,7 @@
 #   (params/codelm/hybrid-induction-warm.yaml: short sequences of repeated random-token spans), then
 #   params/codelm/hybrid-induction.yaml instead of hybrid.yaml (WARM_STEPS steps of the warm-up)
 #   RECIPE=attnfirst (hybrid only): the attention-first hybrid (attention at layers 0 and 1, Mamba-2 after): its
-#   ablation (hybrid-plain.yaml in that shape), stage 1 from scratch on 64-token repeated random spans
+#   ablation (params/codelm/hybrid-attnfirst-plain.yaml), stage 1 from scratch on 64-token repeated random spans
 #   (params/codelm/hybrid-attnfirst-warm.yaml, WARM_STEPS; batch 64 x 4 BATCH / 16), stage 2 the prompt curriculum
 #   (params/codelm/hybrid-attnfirst.yaml, CONTEXT_STEPS)
 # Rehearsal here (CPU, tiny steps): TINY=1 OUT=/tmp/x PATH=.venv/bin:$PATH bash bench/gpu_train_codelm.sh hybrid
@@ -26,11 +26,11 @@ set -u
 : "${OUT:?set OUT to the folder for the results}"
 mkdir -p "$OUT"
 PLAIN_STEPS=${PLAIN_STEPS:-3000}; CONTEXT_STEPS=${CONTEXT_STEPS:-3000}; BATCH=${BATCH:-16}; MINUTES=${MINUTES:-4}
-RECIPE=${RECIPE:-curriculum}; WARM_STEPS=${WARM_STEPS:-3000}
+RECIPE=${RECIPE:-curriculum}; WARM_STEPS=${WARM_STEPS:-3000}; PLAIN_PARAMS=params/codelm/hybrid-plain.yaml
 case "$RECIPE" in
   curriculum) CONTEXT_PARAMS=params/codelm/hybrid.yaml ;;
   induction) CONTEXT_PARAMS=params/codelm/hybrid-induction.yaml ;;
-  attnfirst) CONTEXT_PARAMS=params/codelm/hybrid-attnfirst.yaml ;;
+  attnfirst) CONTEXT_PARAMS=params/codelm/hybrid-attnfirst.yaml; PLAIN_PARAMS=params/codelm/hybrid-attnfirst-plain.yaml ;;
   *) echo "unknown RECIPE=$RECIPE (allowed: curriculum, induction, attnfirst)" >&2; exit 1 ;;
 esac
 if [ -n "${TINY:-}" ]; then  # a rehearsal on the CPU: the same commands, two steps each
@@ -62,12 +62,18 @@ family_overrides() {  # the model section per family (the hybrid is the params f
 families=("$@")
 [ ${#families[@]} -eq 0 ] && families=(hybrid mamba2 mamba1)
 common="--set train.device=$device --set train.batch_size=$BATCH --set train.max_minutes=$MINUTES --set train.eval_every=500 --no-progress"
+# the attention-first recipes stack equal-length sequences into one forward: the whole batch at once
+[ "$RECIPE" = attnfirst ] && common="$common --set train.micro_batch_size=$BATCH"
+trained() {  # a stage that failed is said loudly in the summary (the next stages still run)
+  [ -f "$1/config.json" ] || echo "FAILED: $1 was not trained (see $2)" | tee -a "$OUT/summary.txt"
+}
 for f in "${families[@]}"; do
   over=$(family_overrides "$f") || exit 1
   plain="$OUT/code-lm-$f-plain"; ctx="$OUT/code-lm-$f"
   # shellcheck disable=SC2086
-  python -m deltalens.codelm train -p params/codelm/hybrid-plain.yaml --bundle data/interim/codelm_bundle_plain \
+  python -m deltalens.codelm train -p "$PLAIN_PARAMS" --bundle data/interim/codelm_bundle_plain \
     --out "$plain" $over $common --set train.max_steps=$PLAIN_STEPS 2>&1 | tee "$OUT/$f-plain.log" | tail -3
+  trained "$plain" "$OUT/$f-plain.log"
   start="$plain"
   if [ "$RECIPE" = attnfirst ]; then  # stage 1 trains from scratch (the ablation above is its plain-code twin)
     start="$OUT/code-lm-$f-attnfirst-warm"
@@ -75,6 +81,7 @@ for f in "${families[@]}"; do
       --bundle data/interim/codelm_bundle_attnfirst_warm --out "$start" $common \
       --set train.batch_size=$((BATCH * 4)) --set train.micro_batch_size=$((BATCH * 4)) \
       --set train.max_steps=$WARM_STEPS 2>&1 | tee "$OUT/$f-attnfirst-warm.log" | tail -3
+    trained "$start" "$OUT/$f-attnfirst-warm.log"
   fi
   if [ "$RECIPE" = induction ]; then
     start="$OUT/code-lm-$f-induction-warm"
@@ -82,12 +89,14 @@ for f in "${families[@]}"; do
     python -m deltalens.codelm train -p params/codelm/hybrid-induction-warm.yaml \
       --bundle data/interim/codelm_bundle_warm --out "$start" --set init_from="$plain" $over $common \
       --set train.batch_size=$((BATCH * 4)) --set train.max_steps=$WARM_STEPS 2>&1 | tee "$OUT/$f-warm.log" | tail -3
+    trained "$start" "$OUT/$f-warm.log"
   fi
   # shellcheck disable=SC2086
   python -m deltalens.codelm train -p "$CONTEXT_PARAMS" --bundle data/interim/codelm_bundle_context \
     --out "$ctx" --set init_from="$start" $over $common --set train.max_steps=$CONTEXT_STEPS 2>&1 \
     | tee "$OUT/$f.log" | tail -3
-  python - "$ctx" <<'EOF' | tee -a "$OUT/summary.txt"
+  trained "$ctx" "$OUT/$f.log"
+  [ -f "$ctx/training.json" ] && python - "$ctx" <<'EOF' | tee -a "$OUT/summary.txt"
 import json, sys
 m = json.load(open(sys.argv[1] + "/training.json"))
 g = (m.get("context") or {}).get("held_out_gain") or {}
