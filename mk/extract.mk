@@ -96,7 +96,14 @@ $(EXTRACT_HYA_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HYA_PARAMS) $(CODE
 	@mkdir -p $(@D)
 	$(PAPERMILL) -f $(EXTRACT_HYA_PARAMS) $< $@.tmp && mv $@.tmp $@
 
-extract-hybrid-attnfirst: $(EXTRACT_HYA_NB) ## optional: Δ per head from the attention-first hybrid's Mamba-2 layers, context first
+EXTRACT_HYAQ_PARAMS := params/extract-optional/code-lm-hybrid-attnfirst_query_first.yaml
+EXTRACT_HYAQ_NB     := $(EXECUTED)/03_extract_delta/code-lm-hybrid-attnfirst_query_first.ipynb
+
+$(EXTRACT_HYAQ_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HYAQ_PARAMS) $(CODELM_HYA) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
+	@mkdir -p $(@D)
+	$(PAPERMILL) -f $(EXTRACT_HYAQ_PARAMS) $< $@.tmp && mv $@.tmp $@
+
+extract-hybrid-attnfirst: $(EXTRACT_HYA_NB) $(EXTRACT_HYAQ_NB) ## optional: Δ per head from the attention-first hybrid's Mamba-2 layers, both prompt orders
 
 # ---- optional: the attention-first hybrid's context-blind ablation (make code-lm-hybrid-attnfirst-plain) --------------
 EXTRACT_HYAP_PARAMS := params/extract-optional/code-lm-hybrid-attnfirst-plain_context_first.yaml
