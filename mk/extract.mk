@@ -37,82 +37,40 @@ bench-extract: $(CODELM) $(DATASET) $(DATASET_LOCAL) | $(ENV_STAMP) ## capture o
 clean-delta: ## remove extracted Δ (data/processed/delta/) and its executed notebooks
 	rm -rf data/processed/delta $(EXECUTED)/03_extract_delta
 
-# ---- optional: Δ per head from the Mamba-2 twin (make code-lm-mamba2; NOT in `make extract` / `make all`) ------------
-# Its params live outside params/extract/, so the code-lm*.yaml wildcard above never picks them up.
-EXTRACT_M2_PARAMS := params/extract-optional/code-lm-mamba2_context_first.yaml
-EXTRACT_M2_NB     := $(EXECUTED)/03_extract_delta/code-lm-mamba2_context_first.ipynb
+# ---- optional extractions (NOT in `make extract` / `make all`) ---------------------------------------------------------
+# One per params/extract-optional/<run>.yaml -> $(EXECUTED)/03_extract_delta/<run>.ipynb, by the pattern rule below
+# (tried after the one above, whose params/extract/<run>.yaml these runs do not have; the code-lm*.yaml wildcard
+# above never picks them up); each run adds the model it reads (its config.json) as a prerequisite of its own.
+OPTIONAL_NB = $(EXECUTED)/03_extract_delta/$(1).ipynb
 
-.PHONY: extract-mamba2
-
-$(EXTRACT_M2_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_M2_PARAMS) $(CODELM_M2) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
+$(EXECUTED)/03_extract_delta/%.ipynb: notebooks/03_extract_delta.ipynb params/extract-optional/%.yaml $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
 	@mkdir -p $(@D)
-	$(PAPERMILL) -f $(EXTRACT_M2_PARAMS) $< $@.tmp && mv $@.tmp $@
+	$(PAPERMILL) -f params/extract-optional/$*.yaml $< $@.tmp && mv $@.tmp $@
 
+.PHONY: extract-mamba2 extract-hybrid extract-hybrid-induction extract-hybrid-plain extract-hybrid-attnfirst \
+        extract-hybrid-attnfirst-plain
+
+# the Mamba-2 twin (make code-lm-mamba2; its notebook is also an input of mk/analysis.mk's optional analysis)
+EXTRACT_M2_NB := $(call OPTIONAL_NB,code-lm-mamba2_context_first)
+$(EXTRACT_M2_NB): $(CODELM_M2)
 extract-mamba2: $(EXTRACT_M2_NB) ## optional: Δ per head from the Mamba-2 twin, context first (data/processed/delta/code-lm-mamba2/)
 
-# ---- optional: Δ per head from the hybrid code LM's Mamba-2 layers (make code-lm-hybrid; NOT in `make all`) ------------
-EXTRACT_HY_PARAMS := params/extract-optional/code-lm-hybrid_context_first.yaml
-EXTRACT_HY_NB     := $(EXECUTED)/03_extract_delta/code-lm-hybrid_context_first.ipynb
+# the hybrid code LM's Mamba-2 layers (make code-lm-hybrid)
+$(call OPTIONAL_NB,code-lm-hybrid_context_first): $(CODELM_HY)
+extract-hybrid: $(call OPTIONAL_NB,code-lm-hybrid_context_first) ## optional: Δ per head from the hybrid code LM's Mamba-2 layers, context first (data/processed/delta/code-lm-hybrid/)
 
-.PHONY: extract-hybrid
+# the induction-first hybrid (make code-lm-hybrid-induction)
+$(call OPTIONAL_NB,code-lm-hybrid-induction_context_first): $(CODELM_HYI)
+extract-hybrid-induction: $(call OPTIONAL_NB,code-lm-hybrid-induction_context_first) ## optional: Δ per head from the induction-first hybrid's Mamba-2 layers, context first
 
-$(EXTRACT_HY_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HY_PARAMS) $(CODELM_HY) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
-	@mkdir -p $(@D)
-	$(PAPERMILL) -f $(EXTRACT_HY_PARAMS) $< $@.tmp && mv $@.tmp $@
+# the hybrids' context-blind ablation (make code-lm-hybrid-plain), its context gain on the same prompts
+$(call OPTIONAL_NB,code-lm-hybrid-plain_context_first): $(CODELM_HY_PLAIN)
+extract-hybrid-plain: $(call OPTIONAL_NB,code-lm-hybrid-plain_context_first) ## optional: the hybrids' context-blind ablation on the same prompts (no leave-one-out)
 
-extract-hybrid: $(EXTRACT_HY_NB) ## optional: Δ per head from the hybrid code LM's Mamba-2 layers, context first (data/processed/delta/code-lm-hybrid/)
+# the attention-first hybrid's Mamba-2 layers, both prompt orders (make code-lm-hybrid-attnfirst)
+$(call OPTIONAL_NB,code-lm-hybrid-attnfirst_context_first) $(call OPTIONAL_NB,code-lm-hybrid-attnfirst_query_first): $(CODELM_HYA)
+extract-hybrid-attnfirst: $(call OPTIONAL_NB,code-lm-hybrid-attnfirst_context_first) $(call OPTIONAL_NB,code-lm-hybrid-attnfirst_query_first) ## optional: Δ per head from the attention-first hybrid's Mamba-2 layers, both prompt orders
 
-# ---- optional: Δ per head from the induction-first hybrid (make code-lm-hybrid-induction; NOT in `make all`) -----------
-EXTRACT_HYI_PARAMS := params/extract-optional/code-lm-hybrid-induction_context_first.yaml
-EXTRACT_HYI_NB     := $(EXECUTED)/03_extract_delta/code-lm-hybrid-induction_context_first.ipynb
-
-.PHONY: extract-hybrid-induction
-
-$(EXTRACT_HYI_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HYI_PARAMS) $(CODELM_HYI) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
-	@mkdir -p $(@D)
-	$(PAPERMILL) -f $(EXTRACT_HYI_PARAMS) $< $@.tmp && mv $@.tmp $@
-
-extract-hybrid-induction: $(EXTRACT_HYI_NB) ## optional: Δ per head from the induction-first hybrid's Mamba-2 layers, context first
-
-# ---- optional: the hybrids' context-blind ablation (make code-lm-hybrid-plain), its context gain on the same prompts -----
-EXTRACT_HYP_PARAMS := params/extract-optional/code-lm-hybrid-plain_context_first.yaml
-EXTRACT_HYP_NB     := $(EXECUTED)/03_extract_delta/code-lm-hybrid-plain_context_first.ipynb
-
-.PHONY: extract-hybrid-plain
-
-$(EXTRACT_HYP_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HYP_PARAMS) $(CODELM_HY_PLAIN) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
-	@mkdir -p $(@D)
-	$(PAPERMILL) -f $(EXTRACT_HYP_PARAMS) $< $@.tmp && mv $@.tmp $@
-
-extract-hybrid-plain: $(EXTRACT_HYP_NB) ## optional: the hybrids' context-blind ablation on the same prompts (no leave-one-out)
-
-# ---- optional: Δ per head from the attention-first hybrid's Mamba-2 layers (make code-lm-hybrid-attnfirst) -----------
-EXTRACT_HYA_PARAMS := params/extract-optional/code-lm-hybrid-attnfirst_context_first.yaml
-EXTRACT_HYA_NB     := $(EXECUTED)/03_extract_delta/code-lm-hybrid-attnfirst_context_first.ipynb
-
-.PHONY: extract-hybrid-attnfirst
-
-$(EXTRACT_HYA_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HYA_PARAMS) $(CODELM_HYA) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
-	@mkdir -p $(@D)
-	$(PAPERMILL) -f $(EXTRACT_HYA_PARAMS) $< $@.tmp && mv $@.tmp $@
-
-EXTRACT_HYAQ_PARAMS := params/extract-optional/code-lm-hybrid-attnfirst_query_first.yaml
-EXTRACT_HYAQ_NB     := $(EXECUTED)/03_extract_delta/code-lm-hybrid-attnfirst_query_first.ipynb
-
-$(EXTRACT_HYAQ_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HYAQ_PARAMS) $(CODELM_HYA) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
-	@mkdir -p $(@D)
-	$(PAPERMILL) -f $(EXTRACT_HYAQ_PARAMS) $< $@.tmp && mv $@.tmp $@
-
-extract-hybrid-attnfirst: $(EXTRACT_HYA_NB) $(EXTRACT_HYAQ_NB) ## optional: Δ per head from the attention-first hybrid's Mamba-2 layers, both prompt orders
-
-# ---- optional: the attention-first hybrid's context-blind ablation (make code-lm-hybrid-attnfirst-plain) --------------
-EXTRACT_HYAP_PARAMS := params/extract-optional/code-lm-hybrid-attnfirst-plain_context_first.yaml
-EXTRACT_HYAP_NB     := $(EXECUTED)/03_extract_delta/code-lm-hybrid-attnfirst-plain_context_first.ipynb
-
-.PHONY: extract-hybrid-attnfirst-plain
-
-$(EXTRACT_HYAP_NB): notebooks/03_extract_delta.ipynb $(EXTRACT_HYAP_PARAMS) $(CODELM_HYAP) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
-	@mkdir -p $(@D)
-	$(PAPERMILL) -f $(EXTRACT_HYAP_PARAMS) $< $@.tmp && mv $@.tmp $@
-
-extract-hybrid-attnfirst-plain: $(EXTRACT_HYAP_NB) ## optional: the attention-first hybrid's ablation on the same prompts (no leave-one-out)
+# the attention-first hybrid's context-blind ablation (make code-lm-hybrid-attnfirst-plain)
+$(call OPTIONAL_NB,code-lm-hybrid-attnfirst-plain_context_first): $(CODELM_HYAP)
+extract-hybrid-attnfirst-plain: $(call OPTIONAL_NB,code-lm-hybrid-attnfirst-plain_context_first) ## optional: the attention-first hybrid's ablation on the same prompts (no leave-one-out)
