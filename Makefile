@@ -76,7 +76,7 @@ synthetic-extended: $(SYN_EXT_SUMMARY) ## the longer / harder settings in params
 # one file per part, in dependency order (later files use earlier files' variables in their prerequisites)
 include mk/dataset.mk mk/labeling.mk mk/codelm.mk mk/extract.mk mk/analysis.mk
 
-all: synthetic dataset dataset-report labeling code-lm extract analysis ## run the whole study on the embedded defaults (offline)
+all: synthetic dataset dataset-report labeling code-lm-default extract analysis ## run the whole study on the embedded defaults (offline)
 
 smoke: code-lm-smoke | $(ENV_STAMP) ## execute every notebook once with tiny parameters (into reports/smoke/)
 	$(PY) -m deltalens.tools.smoke --out reports/smoke
@@ -90,7 +90,7 @@ bench: bench-extract bench-dataset bench-gpu-tiny bench-filter | $(ENV_STAMP) ##
 	$(PY) bench/bench_copy_diagnostics.py --cpu-tiny --out reports/bench/copy_diagnostics_tiny.json
 	$(PY) bench/bench_induction_steps.py --tiny --families attention,hybrid,mamba2 --out reports/bench/induction_steps_tiny.json
 
-bench-filter: $(CODELM) $(CODELM_PLAIN) $(DATASET_LOCAL) | $(ENV_STAMP) ## every filter scorer side by side: speed, forwards per prompt, when filtering pays
+bench-filter: $(CODELM_DEFAULT) $(CODELM_HYAP) $(DATASET_LOCAL) | $(ENV_STAMP) ## every filter scorer side by side: speed, forwards per prompt, when filtering pays
 	$(PY) bench/bench_filter.py --dataset $(DATASET_LOCAL_DIR) --out reports/bench/filter_speed.json
 
 bench-gpu: $(DATASET) | $(ENV_STAMP) ## falcon-mamba-7b-shaped random model on a CUDA GPU: paths, tokens/s, memory, hours

@@ -70,8 +70,10 @@ def completion_seconds(lm, tok, prompts, kept: list[list[int]] | None, policy: L
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="data/models/code-lm", help="the scoring LM (LM scorers)")
-    ap.add_argument("--target-model", default="data/models/code-lm-plain", help="the LM that completes")
+    ap.add_argument("--model", default="data/models/code-lm-hybrid-attnfirst-plain",
+                    help="the scoring LM (LM scorers; default: the default model's ablation, a different small model)")
+    ap.add_argument("--target-model", default="models/code-lm-hybrid-attnfirst",
+                    help="the LM that completes (default: the default local model, which reads its context)")
     ap.add_argument("--dataset", default="data/processed/context_local")
     ap.add_argument("--split", default="test")
     ap.add_argument("--prompts", type=int, default=24)

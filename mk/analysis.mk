@@ -1,12 +1,13 @@
 # ---- the main analysis (issue 6) ------------------------------------------------------------------------------------
-# Included by the main Makefile; uses PY, VENV, ENV_STAMP, PAPERMILL, EXECUTED, ANALYSIS_SRC, EXTRACT_NBS.
+# Included by the main Makefile; uses PY, VENV, ENV_STAMP, PAPERMILL, EXECUTED, ANALYSIS_SRC, EXTRACT_NBS, CODELM_DEFAULT.
 ANALYSIS_PARAMS := params/analysis/default.yaml
 ANALYSIS_NB     := $(EXECUTED)/04_analysis.ipynb
 RESULTS         := reports/analysis/results.md
+DEFAULT_CHOICE  := docs/context_reading/default_choice.json   # committed: written by make choose-default (below)
 
 .PHONY: analysis readme-results
 
-$(ANALYSIS_NB): notebooks/04_analysis.ipynb $(ANALYSIS_PARAMS) $(EXTRACT_NBS) $(EXECUTED)/02_label_context.ipynb $(LABELS_LOCAL_NB) $(ANALYSIS_SRC) | $(ENV_STAMP)
+$(ANALYSIS_NB): notebooks/04_analysis.ipynb $(ANALYSIS_PARAMS) $(EXTRACT_NBS) $(CODELM_DEFAULT) $(DEFAULT_CHOICE) $(EXECUTED)/02_label_context.ipynb $(LABELS_LOCAL_NB) $(ANALYSIS_SRC) | $(ENV_STAMP)
 	@mkdir -p $(@D)
 	$(PAPERMILL) -f $(ANALYSIS_PARAMS) $< $@.tmp && mv $@.tmp $@
 
@@ -23,7 +24,7 @@ analysis: reports/04_analysis.html README.md ## scores side by side, every groun
 
 readme-results: README.md ## regenerate the README's results section from reports/analysis/results.md
 
-# ---- optional: the analysis with the Mamba-2 twin next to the three default runs (NOT in `make all`) -----------------
+# ---- optional: the analysis with the Mamba-2 twin next to the three Mamba-1 runs (NOT in `make all`) ----------------
 # Notebook 04 with params/analysis/mamba2.yaml; its own outputs (reports/analysis-mamba2/,
 # reports/figures/analysis-mamba2/), so the default analysis and the README's results are never overwritten.
 ANALYSIS_M2_PARAMS := params/analysis/mamba2.yaml
@@ -32,7 +33,7 @@ ANALYSIS_M2_HTML   := reports/analysis-mamba2/04_analysis.html
 
 .PHONY: analysis-mamba2
 
-$(ANALYSIS_M2_NB): notebooks/04_analysis.ipynb $(ANALYSIS_M2_PARAMS) $(EXTRACT_NBS) $(EXTRACT_M2_NB) $(EXECUTED)/02_label_context.ipynb $(LABELS_LOCAL_NB) $(ANALYSIS_SRC) | $(ENV_STAMP)
+$(ANALYSIS_M2_NB): notebooks/04_analysis.ipynb $(ANALYSIS_M2_PARAMS) $(EXTRACT_M1_NBS) $(EXTRACT_M2_NB) $(EXECUTED)/02_label_context.ipynb $(LABELS_LOCAL_NB) $(ANALYSIS_SRC) | $(ENV_STAMP)
 	@mkdir -p $(@D)
 	$(PAPERMILL) -f $(ANALYSIS_M2_PARAMS) $< $@.tmp && mv $@.tmp $@
 
@@ -40,3 +41,16 @@ $(ANALYSIS_M2_HTML): $(ANALYSIS_M2_NB)
 	$(VENV)/bin/jupyter nbconvert --to html --log-level WARN --output-dir $(@D) --output 04_analysis $<
 
 analysis-mamba2: $(ANALYSIS_M2_HTML) ## optional: notebook 04 with the Mamba-2 twin's Δ next to Mamba-1's -> reports/analysis-mamba2/
+
+# ---- optional: the dev-split choice of the default model among the families (issue 22, item 4; NOT in `make all`) ----
+# Each family's context-trained model on the dev split (mk/extract.mk's dev extractions; trains the models that are
+# missing: ~45 min on 2 cores) and the default's own run; the rule is deltalens.analysis.default_choice's. Writes the
+# committed record that notebook 04 shows and checks its model against.
+CHOICE_FAMILIES := code-lm code-lm-mamba2 code-lm-hybrid-induction
+
+.PHONY: choose-default
+
+choose-default: $(foreach f,$(CHOICE_FAMILIES),$(call DEV_NB,$(f)_context_first)) $(EXECUTED)/03_extract_delta/code-lm-hybrid-attnfirst_context_first.ipynb | $(ENV_STAMP) ## optional: choose the default local model among the families on dev -> docs/context_reading/default_choice.json
+	$(PY) -m deltalens.analysis.default_choice --dataset $(DATASET_LOCAL_DIR) --out $(DEFAULT_CHOICE) \
+	  $(foreach f,$(CHOICE_FAMILIES),--candidate $(f)=data/processed/delta_dev/$(f)_context_first) \
+	  --candidate code-lm-hybrid-attnfirst=data/processed/delta/code-lm-hybrid-attnfirst/context_first

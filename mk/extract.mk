@@ -1,5 +1,5 @@
 # ---- Δ from a pretrained Mamba LM per context chunk (issue 5) -----------------------------------------------------
-# Included by the main Makefile; uses PY, ENV_STAMP, PAPERMILL, EXECUTED, EXTRACT_SRC, DATASET, CODELM.
+# Included by the main Makefile; uses PY, ENV_STAMP, PAPERMILL, EXECUTED, EXTRACT_SRC, DATASET, CODELM_DEFAULT, CODELM_HYAP.
 # One extraction per params/extract/<run>.yaml (model x prompt order). Extraction resumes sample by sample, so a rerun
 # after a code change only recomputes what is missing (delete data/processed/delta/<run> to start over).
 EXTRACT_PARAMS := $(sort $(wildcard params/extract/code-lm*.yaml))
@@ -11,11 +11,11 @@ KAGGLE_KERNEL  ?= $(KAGGLE_USERNAME)/deltalens-falcon-mamba-delta
 
 .PHONY: extract kaggle kaggle-push kaggle-pull bench-extract clean-delta
 
-$(EXECUTED)/03_extract_delta/%.ipynb: notebooks/03_extract_delta.ipynb params/extract/%.yaml $(CODELM) $(CODELM_PLAIN) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
+$(EXECUTED)/03_extract_delta/%.ipynb: notebooks/03_extract_delta.ipynb params/extract/%.yaml $(CODELM_DEFAULT) $(CODELM_HYAP) $(DATASET) $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
 	@mkdir -p $(@D)
 	$(PAPERMILL) -f params/extract/$*.yaml $< $@.tmp && mv $@.tmp $@
 
-extract: $(EXTRACT_NBS) ## Δ per context chunk from the local code LM, each prompt order (data/processed/delta/)
+extract: $(EXTRACT_NBS) ## Δ per context chunk from the default local code LM (both prompt orders) and its ablation (data/processed/delta/)
 
 kaggle: $(DATASET) | $(ENV_STAMP) ## build/kaggle/: the self-contained falcon-mamba-7b extraction notebook + dataset folder
 	$(PY) -m deltalens.extract.kaggle -p $(KAGGLE_PARAMS) --out build/kaggle
@@ -47,8 +47,7 @@ $(EXECUTED)/03_extract_delta/%.ipynb: notebooks/03_extract_delta.ipynb params/ex
 	@mkdir -p $(@D)
 	$(PAPERMILL) -f params/extract-optional/$*.yaml $< $@.tmp && mv $@.tmp $@
 
-.PHONY: extract-mamba2 extract-hybrid extract-hybrid-induction extract-hybrid-plain extract-hybrid-attnfirst \
-        extract-hybrid-attnfirst-plain
+.PHONY: extract-mamba1 extract-mamba2 extract-hybrid extract-hybrid-induction extract-hybrid-plain
 
 # the Mamba-2 twin (make code-lm-mamba2; its notebook is also an input of mk/analysis.mk's optional analysis)
 EXTRACT_M2_NB := $(call OPTIONAL_NB,code-lm-mamba2_context_first)
@@ -67,10 +66,24 @@ extract-hybrid-induction: $(call OPTIONAL_NB,code-lm-hybrid-induction_context_fi
 $(call OPTIONAL_NB,code-lm-hybrid-plain_context_first): $(CODELM_HY_PLAIN)
 extract-hybrid-plain: $(call OPTIONAL_NB,code-lm-hybrid-plain_context_first) ## optional: the hybrids' context-blind ablation on the same prompts (no leave-one-out)
 
-# the attention-first hybrid's Mamba-2 layers, both prompt orders (make code-lm-hybrid-attnfirst)
-$(call OPTIONAL_NB,code-lm-hybrid-attnfirst_context_first) $(call OPTIONAL_NB,code-lm-hybrid-attnfirst_query_first): $(CODELM_HYA)
-extract-hybrid-attnfirst: $(call OPTIONAL_NB,code-lm-hybrid-attnfirst_context_first) $(call OPTIONAL_NB,code-lm-hybrid-attnfirst_query_first) ## optional: Δ per head from the attention-first hybrid's Mamba-2 layers, both prompt orders
+# the Mamba-1 code LM (make code-lm: the default until issue 22 round 4), both prompt orders, and its ablation
+EXTRACT_M1_NBS := $(call OPTIONAL_NB,code-lm_context_first) $(call OPTIONAL_NB,code-lm_query_first) \
+                  $(call OPTIONAL_NB,code-lm-plain_context_first)
+$(EXTRACT_M1_NBS): $(CODELM) $(CODELM_PLAIN)
+extract-mamba1: $(EXTRACT_M1_NBS) ## optional: Δ from the Mamba-1 code LM (both orders, leave-one-out on 120 test samples) and its ablation
 
-# the attention-first hybrid's context-blind ablation (make code-lm-hybrid-attnfirst-plain)
-$(call OPTIONAL_NB,code-lm-hybrid-attnfirst-plain_context_first): $(CODELM_HYAP)
-extract-hybrid-attnfirst-plain: $(call OPTIONAL_NB,code-lm-hybrid-attnfirst-plain_context_first) ## optional: the attention-first hybrid's ablation on the same prompts (no leave-one-out)
+# ---- dev-split extractions of every family's context-trained model: the choice of the default (issue 22, item 4) -----
+# One per params/extract-optional/<run>.yaml, on the dev split only and without leave-one-out (the choice reads the
+# context gain only), into data/processed/delta_dev/<run>/; the default model's own dev samples are in its make-extract
+# run. Optional, NOT in `make all`: it trains every family (make choose-default in mk/analysis.mk).
+DEV_NB = $(EXECUTED)/03_extract_delta_dev/$(1).ipynb
+
+$(EXECUTED)/03_extract_delta_dev/%.ipynb: notebooks/03_extract_delta.ipynb params/extract-optional/%.yaml $(DATASET_LOCAL) $(EXTRACT_SRC) | $(ENV_STAMP)
+	@mkdir -p $(@D)
+	$(PAPERMILL) -f params/extract-optional/$*.yaml -p split dev -p leave_one_out False -p hidden_attention 0 \
+	  -p out_dir data/processed/delta_dev/$* -p figures_dir reports/figures/delta_dev/$* $< $@.tmp && mv $@.tmp $@
+
+$(call DEV_NB,code-lm_context_first): $(CODELM)
+$(call DEV_NB,code-lm-mamba2_context_first): $(CODELM_M2)
+$(call DEV_NB,code-lm-hybrid_context_first): $(CODELM_HY)
+$(call DEV_NB,code-lm-hybrid-induction_context_first): $(CODELM_HYI)

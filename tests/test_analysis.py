@@ -139,7 +139,8 @@ def test_analysis_notebook_tiny(pipeline):
     params = {"dataset_dir": str(root / "ctx"), "runs": runs, "labels_dir": str(root / "labels"),
               "model": str(root / "lm"), "filter_run": "tiny/context_first", "filter_samples": 3,
               "budgets": [0.0, 0.5, 1.0], "n_boot": 20, "catboost_iterations": 20, "out_dir": str(root / "out"),
-              "figures_dir": str(root / "fig"), "progress": False, "judge_model": str(root / "lm2")}
+              "figures_dir": str(root / "fig"), "progress": False, "judge_model": str(root / "lm2"),
+              "default_choice": None}
     run_notebook("notebooks/04_analysis.ipynb", root / "04.ipynb", params)
     m = json.loads((root / "out/metrics.json").read_text())
     t = an.add_within_prompt(an.chunk_table(ds, runs, root / "labels"))
@@ -271,3 +272,28 @@ def test_labels_of_another_dataset_are_refused(pipeline, tmp_path):
     (tmp_path / "labels/metrics.json").write_text(json.dumps({"dataset_fingerprint": "0" * 64}))
     with pytest.raises(ValueError, match="labels of another dataset"):
         an.chunk_table(ds, runs, tmp_path / "labels")
+
+
+def test_judge_markdown_tells_self_filtering_from_another_model_s_delta():
+    import pandas as pd
+
+    from deltalens.analysis.report import judge_markdown
+
+    def row(score, budget, loss, d):
+        r = {"score": score, "budget": budget, "kept_share": budget, "loss": loss, "exact_match": 0.0, "samples": 4}
+        for key, v in (("loss_vs_ref", d), ("loss_vs_full", loss - 3.0), ("exact_match_vs_ref", 0.0)):
+            r.update({key: v, f"{key}_lo": v - 0.1, f"{key}_hi": v + 0.1})
+        return r
+
+    rows = [row(s, b, 4.0 if b == 0 else 3.0 if b == 1 else 3.5, 0.5 if s == "Δ own" else -0.5 if s == "Δ other" else 0.0)
+            for s in ("TFIDF", "Δ own", "Δ other") for b in (0.0, 0.5, 1.0)]
+    diffs = pd.DataFrame(rows)
+    diffs.attrs.update(reference="TFIDF", n_boot=10)
+    md = judge_markdown(diffs, "models/judge", "models/judge", ["Δ own", "Δ other"],
+                        delta_models={"Δ own": "models/judge", "Δ other": "data/models/judge-plain"})
+    assert md.startswith("**Filtering judged by the completing LM**")
+    assert "Δ own (the completing LM's own Δ) keeps chunks that are worse than TFIDF" in md
+    assert "Δ other (Δ of `data/models/judge-plain`, a different model from the completing LM) keeps chunks that are " \
+           "better than TFIDF" in md
+    assert "context gain on these samples is +1.000" in md
+    assert judge_markdown(diffs, "models/second", "models/judge", ["Δ own"]).startswith("**Filtering for a second LM**")

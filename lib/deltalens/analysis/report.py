@@ -206,15 +206,29 @@ def _diff(r, key: str) -> str:
 JUDGE_MIN_GAIN = 0.05   # nats/token: below this context gain of the completing LM, filtering cannot show a difference
 
 
-def judge_markdown(diffs: pd.DataFrame, judge: str, scorer_model: str, delta_scores: list[str]) -> str:
+def judge_markdown(diffs: pd.DataFrame, judge: str, scorer_model: str, delta_scores: list[str],
+                   delta_models: dict[str, str] | None = None) -> str:
     """The filtering curves with a second LM completing (:func:`deltalens.analysis.filtering.budget_differences`):
     one row per score and budget strictly between 0 and 1, the paired differences against the reference score and
-    the full prompt, then one generated sentence per Δ score and budget."""
+    the full prompt, then one generated sentence per Δ score and budget. ``delta_models``: the model each Δ score
+    comes from, so that a Δ of the completing LM itself (self-filtering) is told from another model's (the thesis'
+    setting: a small Mamba filters for a different LM)."""
+    delta_models = delta_models or {}
+
+    def source(name: str) -> str:
+        m = delta_models.get(name)
+        if m is None:
+            return ""
+        return (" (the completing LM's own Δ)" if Path(m).name == Path(judge).name
+                else f" (Δ of `{m}`, a different model from the completing LM)")
+
     ref, n_boot = diffs.attrs.get("reference"), diffs.attrs.get("n_boot")
     n = int(diffs["samples"].iloc[0]) if len(diffs) else 0
     base = diffs[diffs["budget"] == 0.0]
     full = diffs[diffs["budget"] == 1.0]
-    out = [f"**Filtering for a second LM** (`{judge}` completes the target line; the chunks are ranked by scores of "
+    title = ("Filtering judged by the completing LM" if Path(judge).name == Path(scorer_model).name
+             else "Filtering for a second LM")
+    out = [f"**{title}** (`{judge}` completes the target line; the chunks are ranked by scores of "
            f"`{scorer_model}`'s run and the baselines, and the budget is counted in the completing LM's tokenizer; "
            f"{n} test samples; differences are paired on the same samples, {n_boot} resamples of projects, then "
            "samples). Target-line loss in nats/token, lower is better:", ""]
@@ -222,7 +236,7 @@ def judge_markdown(diffs: pd.DataFrame, judge: str, scorer_model: str, delta_sco
         gain = base["loss"].iloc[0] - full["loss"].iloc[0]
         out += [f"Without any chunk the loss is {base['loss'].iloc[0]:.3f} (exact match {base['exact_match'].iloc[0]:.3f}); "
                 f"with every chunk {full['loss'].iloc[0]:.3f} (exact match {full['exact_match'].iloc[0]:.3f}): the "
-                f"second LM's context gain on these samples is {gain:+.3f} nats/token."
+                f"completing LM's context gain on these samples is {gain:+.3f} nats/token."
                 + (" No filter can move its loss by much more than that, so "
                    "these rows cannot tell the filters apart until the completing LM reads its context."
                    if gain < JUDGE_MIN_GAIN else ""), ""]
@@ -239,7 +253,7 @@ def judge_markdown(diffs: pd.DataFrame, judge: str, scorer_model: str, delta_sco
             lo, hi = r["loss_vs_ref_lo"], r["loss_vs_ref_hi"]
             verdict = (f"better than {ref}" if hi < 0 else f"worse than {ref}" if lo > 0
                        else f"not distinguishable from {ref}")
-            said.append(f"at budget {r['budget']:g}, {name} keeps chunks that are {verdict} for the second LM "
+            said.append(f"at budget {r['budget']:g}, {name}{source(name)} keeps chunks that are {verdict} for the completing LM "
                         f"(loss difference {_diff(r, 'loss_vs_ref')})")
     if said:
         out += ["", "From these numbers: " + "; ".join(said) + "."]

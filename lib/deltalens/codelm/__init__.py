@@ -15,6 +15,7 @@ Pipeline (``python -m deltalens.codelm train -p params/codelm/default.yaml``, or
   (``LlamaForCausalLM``, the instrument check), both behind :mod:`.hf_lm`'s trainer interface;
 * :mod:`.recall`, :mod:`.curriculum` -- the copying curriculum: renamed identifiers, repeated spans, identifier pairs;
 * :mod:`.diagnostics` -- copy curve and first-occurrence gradient; :mod:`.bundle` -- the training data as files;
+* :mod:`.committed` -- committed checkpoints under ``models/``: every file checked against its ``SHA256SUMS``;
 * :mod:`.train_config` -- the training parameters (imported by ``params`` and ``train``: no import cycle);
 * :mod:`.train`     -- seeded CPU training with a step and a time budget, held-out loss, atomic save, reuse.
 
@@ -28,7 +29,7 @@ from .tokenizer import TokenizerConfig, train_tokenizer
 from .train import CodeLMTrainConfig, TrainOutcome, train_code_lm
 
 
-def load_code_lm(path: str = "data/models/code-lm"):
+def load_code_lm(path: str = "models/code-lm-hybrid-attnfirst"):
     """``(model, tokenizer)`` of a saved code LM directory, offline, model in eval mode (float32)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

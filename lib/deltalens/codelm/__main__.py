@@ -1,4 +1,5 @@
-"""Command line: ``python -m deltalens.codelm {train,bundle,corpus} -p params/codelm/default.yaml ...``."""
+"""Command line: ``python -m deltalens.codelm {train,bundle,corpus} -p params/codelm/default.yaml ...``, and
+``python -m deltalens.codelm verify models/<name> [--stamp PATH]`` (a committed checkpoint's hashes)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,26 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("corpus", help="print the corpus counts (no training)")
     c.add_argument("-p", "--params", default="params/codelm/default.yaml")
     c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    v = sub.add_parser("verify", help="check a committed checkpoint folder against its SHA256SUMS")
+    v.add_argument("folder")
+    v.add_argument("--stamp", help="write this file (the check's result, JSON) once the check passes")
     args = ap.parse_args(argv)
+
+    if args.cmd == "verify":
+        from pathlib import Path
+
+        from .committed import CheckpointError, verify_checkpoint
+
+        try:
+            info = verify_checkpoint(args.folder)
+        except CheckpointError as e:
+            print(f"checkpoint error: {e}", file=sys.stderr)
+            return 2
+        print(f"{args.folder}: {len(info['files'])} files, {info['bytes']:,} bytes, every sha256 matches")
+        if args.stamp:
+            Path(args.stamp).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.stamp).write_text(json.dumps(info, indent=1) + "\n")
+        return 0
 
     from ..core.params import ParameterError
     from .params import load_params

@@ -10,8 +10,8 @@ are :mod:`deltalens.core.chunk_columns`.
 What notebook 03 (and a user) calls is importable from here::
 
     from deltalens import extract as ex
-    cfg = ex.config_from_params(yaml.safe_load(open("params/extract/code-lm_context_first.yaml")))
-    summary = ex.extract(cfg)                    # python -m deltalens.extract run -p params/extract/code-lm_context_first.yaml
+    cfg = ex.config_from_params(yaml.safe_load(open("params/extract/code-lm-hybrid-attnfirst_context_first.yaml")))
+    summary = ex.extract(cfg)                    # python -m deltalens.extract run -p params/extract/code-lm-hybrid-attnfirst_context_first.yaml
     ex.merge(cfg.out_dir)                        # python -m deltalens.extract merge DIR
 
 May import: ``core``, ``delta``, ``context``, ``lm``.

@@ -22,9 +22,9 @@ NOTEBOOK_ONLY = {"example_sample", "example_layers", "figures_dir", "progress"} 
 
 @dataclass
 class ExtractConfig:
-    model: str = "data/models/code-lm"     # local path or hub id (e.g. tiiuae/falcon-mamba-7b)
+    model: str = "models/code-lm-hybrid-attnfirst"  # local path or hub id (e.g. tiiuae/falcon-mamba-7b)
     dataset_dir: str = "data/processed/context"
-    out_dir: str = "data/processed/delta/code-lm/context_first"
+    out_dir: str = "data/processed/delta/code-lm-hybrid-attnfirst/context_first"
     order: str = "context_first"            # context_first | query_first
     query_chars: int = 800                  # query_first: characters of the prefix tail put first
     max_tokens: int = 8192

@@ -3,7 +3,7 @@ node postprocessor. Each is built on demand (the framework is imported only then
 
     from deltalens.filter import ContextFilter
     from deltalens.filter.adapters import langchain_compressor, llamaindex_postprocessor
-    f = ContextFilter("bm25", tokenizer="data/models/code-lm")
+    f = ContextFilter("bm25", tokenizer="models/code-lm-hybrid-attnfirst")
     compressor = langchain_compressor(f, rate=0.5)        # ContextualCompressionRetriever(base_compressor=compressor, ...)
     post = llamaindex_postprocessor(f, budget_tokens=512)  # index.as_query_engine(node_postprocessors=[post])
 

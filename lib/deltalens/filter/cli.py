@@ -2,7 +2,7 @@
 JSONL file of results (:class:`~.context_filter.FilterResult`, one line per prompt).
 
     python -m deltalens.filter --in prompts.jsonl --out kept.jsonl --scorer bm25 --rate 0.5
-    python -m deltalens.filter --in prompts.jsonl --out kept.jsonl --scorer delta --model data/models/code-lm \\
+    python -m deltalens.filter --in prompts.jsonl --out kept.jsonl --scorer delta --model models/code-lm-hybrid-attnfirst \\
         --layer 3 --statistic mean --sign -1 --budget-tokens 512
     python -m deltalens.filter --in prompts.jsonl --out kept.jsonl --from-analysis reports/analysis/metrics.json \\
         --rate 0.25

@@ -2,7 +2,7 @@
 the target model's tokenizer.
 
     from deltalens.filter import ContextFilter
-    f = ContextFilter("delta", model="data/models/code-lm", layer=3, statistic="mean", sign=-1)
+    f = ContextFilter("delta", model="models/code-lm-hybrid-attnfirst", layer=3, statistic="mean", sign=-1)
     # or the choice notebook 04 made on dev:  f = ContextFilter.from_analysis("reports/analysis/metrics.json")
     r = f.filter(["def route(e): ...", {"text": "class Router: ...", "path": "app/router.py"}],
                  query="def handler(event):\n", rate=0.5)
