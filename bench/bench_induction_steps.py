@@ -16,6 +16,10 @@ one fixed offset from its source, which one attention head can learn to look up 
 shortcut, not induction (measured here: attention-only 9.03 -> 0.005 in 1,000 steps with a fixed offset, still at
 chance after 1,500 with random positions at 256 tokens; it left chance after ~900 steps at 64 tokens).
 ``--token-vocab N`` draws the tokens from N - 2 ids only (the model keeps ``--vocab``).
+
+``--init mimetic`` starts every Mamba-2 mixer close to linear attention (C = B, slow decay:
+:func:`deltalens.codelm.mimetic.mimetic_init_`); ``--decay official`` keeps A_log, D and dt_bias out of weight decay
+as the official Mamba code does (default ``all``: every parameter decays, as the runs recorded before this option).
 """
 
 from __future__ import annotations
@@ -56,6 +60,18 @@ def build(family: str, vocab: int, d: int, layers: int, attn_layers: list[int], 
     raise ValueError(f"--families: unknown family {family!r}; allowed: attention, hybrid, mamba2")
 
 
+NO_DECAY = ("A_log", "D", "dt_bias")   # the official Mamba code's _no_weight_decay parameters
+
+
+def param_groups(model, decay: str, weight_decay: float = 0.1) -> list[dict]:
+    """AdamW groups: every parameter decays (``all``), or the SSM's A_log, D and dt_bias do not (``official``)."""
+    if decay == "all":
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    keep = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in NO_DECAY]
+    rest = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] not in NO_DECAY]
+    return [{"params": rest, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
 def batch(gen: torch.Generator, n: int, seq_len: int, vocab: int, first: int | None, span: int) -> torch.Tensor:
     """``n`` sequences of random tokens (ids 2 .. vocab - 1) whose last ``span`` repeat the span at ``first`` — or,
     ``first=None``, at a position drawn per sequence from 0 .. seq_len - 2 span (the distance varies: no fixed offset
@@ -93,6 +109,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", choices=("default", "mimetic"), default="default",
+                    help="mimetic: Mamba-2 mixers start close to linear attention (C = B, A scaled by --a-scale)")
+    ap.add_argument("--a-scale", type=float, default=0.01)
+    ap.add_argument("--decay", choices=("all", "official"), default="all",
+                    help="official: A_log, D and dt_bias without weight decay (all: every parameter, as before)")
     args = ap.parse_args(argv)
     if args.tiny:
         args.steps, args.batch, args.seq_len, args.span, args.first = 4, 2, 48, 8, 4
@@ -106,7 +127,12 @@ def main(argv=None) -> dict:
     attn_layers = [int(x) for x in args.attn_layers.split(",") if x != ""]
     for family in args.families.split(","):
         model = build(family, args.vocab, args.d_model, args.layers, attn_layers, args.seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
+        mimetic = 0
+        if args.init == "mimetic" and family != "attention":
+            from deltalens.codelm.mimetic import mimetic_init_
+
+            mimetic = mimetic_init_(model, a_scale=args.a_scale)
+        opt = torch.optim.AdamW(param_groups(model, args.decay), lr=args.lr, betas=(0.9, 0.95))
         gen = torch.Generator().manual_seed(args.seed + 1)  # the same batches for every family
         a = args.seq_len - args.span
         curve, t0 = [], time.perf_counter()
@@ -127,6 +153,7 @@ def main(argv=None) -> dict:
                       flush=True)
         left = next((r["step"] for r in curve if r["repeat_loss"] < result["chance"] - 1.0), None)
         result["families"][family] = {"parameters": int(sum(p.numel() for p in model.parameters())),
+                                      "mimetic_mixers": mimetic,
                                       "seconds_per_step": (time.perf_counter() - t0) / (args.steps + 1),
                                       "curve": curve, "first_step_1_nat_below_chance": left}
         out.write_text(json.dumps(result, indent=1) + "\n")

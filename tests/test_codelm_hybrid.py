@@ -222,6 +222,23 @@ def test_the_induction_steps_bench_trains_every_family_on_the_same_batches(tmp_p
     assert res["chance"] == pytest.approx(math.log(10)) and res["args"]["random_first"]
 
 
+def test_the_induction_steps_bench_mimetic_init_and_official_decay_groups(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_induction_steps as bench
+
+    res = bench.main(["--tiny", "--threads", "1", "--families", "mamba2,attention", "--init", "mimetic",
+                      "--decay", "official", "--out", str(tmp_path / "m.json")])
+    assert res["families"]["mamba2"]["mimetic_mixers"] == res["args"]["layers"] == 2
+    assert res["families"]["attention"]["mimetic_mixers"] == 0       # no Mamba-2 mixer: left alone
+    model = bench.build("mamba2", 64, 32, 2, [], 0)
+    groups = bench.param_groups(model, "official")
+    no_decay = {id(p) for p in groups[1]["params"]}
+    names = {n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if id(p) in no_decay}
+    assert names == {"A_log", "D", "dt_bias"} and groups[1]["weight_decay"] == 0.0 and groups[0]["weight_decay"] == 0.1
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(bench.param_groups(model, "all")) == 1
+
+
 def test_the_gpu_training_script_parses():
     import subprocess
 

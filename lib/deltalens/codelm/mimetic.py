@@ -1,0 +1,60 @@
+"""Mimetic-style initialisation of Mamba-2 mixers (after Trockman et al., 2024, "Mimetic Initialization Helps State
+Space Models Learn to Recall"): start the SSM close to linear attention, so that copying is easier to learn.
+
+A Mamba-2 head's output is a data-dependent attention over the past (SSD)::
+
+    y_t = Σ_{s≤t} (C_t · B_s) · exp(A Σ_{s<k≤t} Δ_k) · Δ_s · x_s
+
+Two changes make it mimic attention at initialisation:
+
+* **C = B**: the rows of ``in_proj`` that produce C (and C's channels of the causal ``conv1d``) are copied from B's,
+  so C_t · B_s is a positive-definite kernel of the two tokens — an attention score of "query" t and "key" s with
+  tied projections, largest when the tokens are alike (what an induction head needs).
+* **slow decay**: ``A_log`` is shifted by log(``a_scale``), i.e. A → ``a_scale`` · A, so exp(ΔA) ≈ 1 over the
+  sequence: the attention does not fade with distance at the start (attention has no decay either).
+
+Everything else (Δ's bias, D, the gate, the output projection) keeps its default initialisation. Applies to every
+module with Mamba-2's layout — transformers' ``Mamba2Mixer`` and ``BambaMixer`` (``in_proj`` → [gate, x, B, C, dt],
+``conv1d`` over [x, B, C]) —; anything else is left alone and counted. Used by ``bench/bench_induction_steps.py
+--init mimetic`` (issue 22: tried for the pure SSMs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def is_mamba2_mixer(m: nn.Module) -> bool:
+    return all(hasattr(m, a) for a in ("in_proj", "conv1d", "A_log", "intermediate_size", "n_groups",
+                                        "ssm_state_size", "num_heads"))
+
+
+@torch.no_grad()
+def mimetic_init_(model: nn.Module, a_scale: float = 0.01) -> int:
+    """Apply the two changes above to every Mamba-2 mixer of ``model`` in place; returns how many mixers changed
+    (0: a ValueError, since the caller asked for an initialisation that did nothing)."""
+    if not 0 < a_scale <= 1:
+        raise ValueError(f"a_scale must be in (0, 1], got {a_scale}")
+    n = 0
+    for m in model.modules():
+        if not is_mamba2_mixer(m):
+            continue
+        inner, g = m.intermediate_size, m.n_groups * m.ssm_state_size
+        # in_proj rows: [gate: inner | x: inner | B: g | C: g | dt: heads]
+        b_rows, c_rows = slice(2 * inner, 2 * inner + g), slice(2 * inner + g, 2 * inner + 2 * g)
+        m.in_proj.weight[c_rows] = m.in_proj.weight[b_rows]
+        if m.in_proj.bias is not None:
+            m.in_proj.bias[c_rows] = m.in_proj.bias[b_rows]
+        # conv1d channels: [x: inner | B: g | C: g]
+        b_ch, c_ch = slice(inner, inner + g), slice(inner + g, inner + 2 * g)
+        m.conv1d.weight[c_ch] = m.conv1d.weight[b_ch]
+        if m.conv1d.bias is not None:
+            m.conv1d.bias[c_ch] = m.conv1d.bias[b_ch]
+        m.A_log += math.log(a_scale)
+        n += 1
+    if n == 0:
+        raise ValueError(f"mimetic_init_: {type(model).__name__} has no Mamba-2 mixer (in_proj, conv1d, A_log, ...)")
+    return n
