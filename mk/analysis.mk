@@ -3,7 +3,8 @@
 ANALYSIS_PARAMS := params/analysis/default.yaml
 ANALYSIS_NB     := $(EXECUTED)/04_analysis.ipynb
 RESULTS         := reports/analysis/results.md
-DEFAULT_CHOICE  := docs/context_reading/default_choice.json   # committed: written by make choose-default (below)
+# committed: written by make choose-default (below)
+DEFAULT_CHOICE  := docs/context_reading/default_choice.json
 
 .PHONY: analysis readme-results
 

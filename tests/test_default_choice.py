@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from deltalens.analysis import default_choice as dc
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import transformers
-
 from deltalens.codelm.mimetic import mimetic_init_
 
 

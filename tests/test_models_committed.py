@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
-
 from deltalens.codelm.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,13 +14,13 @@ COMMITTED = {"code-lm-hybrid-attnfirst": "params/codelm/hybrid-attnfirst.yaml"}
 
 @pytest.mark.parametrize("name", sorted(COMMITTED))
 def test_every_file_matches_its_sha256(name):
+    from deltalens.codelm.committed import read_sums, verify_checkpoint
+
     folder = ROOT / "models" / name
-    lines = (folder / "SHA256SUMS").read_text().split("\n")
-    listed = dict(reversed(line.split(maxsplit=1)) for line in lines if line.strip())
+    listed = read_sums(folder)
     assert {"model.safetensors", "tokenizer.json", "training.json", "config.json"} <= set(listed)
     assert sorted(p.name for p in folder.iterdir() if p.name != "SHA256SUMS") == sorted(listed)
-    for file, digest in listed.items():
-        assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == digest, f"{name}/{file} changed"
+    assert verify_checkpoint(folder)["files"] == listed        # raises, naming the file, if any hash differs
     assert sum((folder / f).stat().st_size for f in listed) < 25 * 2**20  # the size limit
 
 
@@ -75,7 +73,7 @@ def test_verify_checkpoint_names_what_is_wrong(change, message, tmp_path, capsys
     from deltalens.codelm.__main__ import main
     from deltalens.codelm.committed import CheckpointError, verify_checkpoint
 
-    name = sorted(COMMITTED)[0]
+    name = min(COMMITTED)
     folder = _copy(name, tmp_path)
     if change == "flip":
         data = bytearray((folder / "model.safetensors").read_bytes())

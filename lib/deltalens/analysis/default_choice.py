@@ -84,8 +84,8 @@ def check_model(rec: dict, model: str) -> str:
 
 def markdown(rec: dict) -> str:
     """The record as a table and one sentence."""
-    out = [f"**Which local model is the default** (chosen on the dev split; rule: {rec['rule']}; "
-           f"{rec['n_boot']} resamples of projects, then samples):", "",
+    out = [(f"**Which local model is the default** (chosen on the dev split; rule: {rec['rule']}; "
+            f"{rec['n_boot']} resamples of projects, then samples):"), "",
            "| candidate | model | dev samples (projects) | context gain [95 % CI] | identifier accuracy with / without | difference [95 % CI] |",
            "|---|---|---|---|---|---|"]
     for r in rec["candidates"]:

@@ -8,9 +8,10 @@ verify models/<name> --stamp PATH`` writes a stamp file for make once the check 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+
+from ..context.schema import sha256_file
 
 SUMS = "SHA256SUMS"
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "training.json")
@@ -37,14 +38,6 @@ def read_sums(folder: str | Path) -> dict[str, str]:
     return out
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_checkpoint(folder: str | Path) -> dict:
     """Check a committed checkpoint; return ``{"folder", "files": {name: sha256}, "bytes", "key", "trained_length"}``
     (``key``: the training record's parameter key).
@@ -66,7 +59,7 @@ def verify_checkpoint(folder: str | Path) -> dict:
         path = folder / name
         if not path.is_file():
             raise CheckpointError(f"{folder}/{name}: listed in {SUMS} but missing")
-        actual = sha256(path)
+        actual = sha256_file(path)
         if actual != digest:
             raise CheckpointError(f"{folder}/{name}: sha256 {actual} differs from {SUMS}'s {digest} "
                                   "(the file was changed; retrain with its recipe or restore it from git)")
