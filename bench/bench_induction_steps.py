@@ -8,7 +8,8 @@ starts at position ``--first`` (the classic repeated-random-tokens probe): the l
 nothing but copying from the first occurrence can lower it below chance (ln V nats). Every family (``--families``:
 transformers' ``LlamaForCausalLM`` — attention only —, ``BambaForCausalLM`` — Mamba-2 layers with attention at
 ``--attn-layers`` —, ``Mamba2ForCausalLM``; equal width, depth, MLP) trains from the same seed on the same batches
-with AdamW; the repeat loss is recorded every ``--log-every`` steps. The step at which the curve leaves chance is
+with AdamW; ``mamba1`` is the project's mambapy Mamba-1 LM (``deltalens.codelm.model.build_lm``, parallel scan) of
+the same width and depth. The repeat loss is recorded every ``--log-every`` steps. The step at which the curve leaves chance is
 what a copying curriculum has to budget for (issue 22): the code LMs' copying data is far noisier than this.
 
 ``--random-first`` draws the first occurrence's position per sequence. With a fixed ``--first`` the repeat sits at
@@ -17,7 +18,7 @@ shortcut, not induction (measured here: attention-only 9.03 -> 0.005 in 1,000 st
 chance after 1,500 with random positions at 256 tokens; it left chance after ~900 steps at 64 tokens).
 ``--token-vocab N`` draws the tokens from N - 2 ids only (the model keeps ``--vocab``).
 
-``--init mimetic`` starts every Mamba-2 mixer close to linear attention (C = B, slow decay:
+``--init mimetic`` starts every Mamba-1 / Mamba-2 mixer close to linear attention (C = B, slow decay:
 :func:`deltalens.codelm.mimetic.mimetic_init_`); ``--decay official`` keeps A_log, D and dt_bias out of weight decay
 as the official Mamba code does (default ``all``: every parameter decays, as the runs recorded before this option).
 """
@@ -30,14 +31,33 @@ import math
 import platform
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 
-def build(family: str, vocab: int, d: int, layers: int, attn_layers: list[int], seed: int):
+class Mamba1LM(torch.nn.Module):
+    """The mambapy Mamba-1 LM behind transformers' call (``model(x, use_cache=False).logits``)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, x, use_cache=False):
+        return SimpleNamespace(logits=self.lm(x))
+
+
+def build(family: str, vocab: int, d: int, layers: int, attn_layers: list[int], seed: int,
+          d_state: int | None = None):
+    """``d_state``: the SSM state (default 64 for the Mamba-2 families, as the recorded runs; 16 for Mamba-1)."""
     import transformers
 
+    if family == "mamba1":
+        from deltalens.codelm.model import CodeLMConfig, build_lm
+
+        return Mamba1LM(build_lm(CodeLMConfig(d_model=d, n_layers=layers, d_state=d_state or 16), vocab, seed))
+    d_state = d_state or 64
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, intermediate_size=2 * d,
                   tie_word_embeddings=True)
@@ -46,18 +66,18 @@ def build(family: str, vocab: int, d: int, layers: int, attn_layers: list[int], 
         cfg = transformers.LlamaConfig(num_attention_heads=heads, num_key_value_heads=heads,
                                        max_position_embeddings=4096, **common)
         return transformers.LlamaForCausalLM(cfg)
-    mamba = dict(mamba_n_heads=max(1, 2 * d // 64), mamba_d_head=64, mamba_n_groups=1, mamba_d_state=64,
+    mamba = dict(mamba_n_heads=max(1, 2 * d // 64), mamba_d_head=64, mamba_n_groups=1, mamba_d_state=d_state,
                  mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=64)
     if family == "hybrid":
         cfg = transformers.BambaConfig(attn_layer_indices=attn_layers, num_attention_heads=heads,
                                        num_key_value_heads=heads, max_position_embeddings=4096, **mamba, **common)
         return transformers.BambaForCausalLM(cfg)
     if family == "mamba2":
-        cfg = transformers.Mamba2Config(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, state_size=64,
+        cfg = transformers.Mamba2Config(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, state_size=d_state,
                                         num_heads=max(1, 2 * d // 64), head_dim=64, n_groups=1, chunk_size=64,
                                         tie_word_embeddings=True)
         return transformers.Mamba2ForCausalLM(cfg)
-    raise ValueError(f"--families: unknown family {family!r}; allowed: attention, hybrid, mamba2")
+    raise ValueError(f"--families: unknown family {family!r}; allowed: attention, hybrid, mamba2, mamba1")
 
 
 NO_DECAY = ("A_log", "D", "dt_bias")   # the official Mamba code's _no_weight_decay parameters
@@ -104,13 +124,15 @@ def main(argv=None) -> dict:
                          "seen more often, so the copying map is learned sooner; chance stays ln(N - 2)")
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--d-state", type=int, default=None,
+                    help="SSM state size (default: 64 for mamba2 / hybrid, 16 for mamba1)")
     ap.add_argument("--attn-layers", default="1")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init", choices=("default", "mimetic"), default="default",
-                    help="mimetic: Mamba-2 mixers start close to linear attention (C = B, A scaled by --a-scale)")
+                    help="mimetic: Mamba-1 / Mamba-2 mixers start close to linear attention (C = B, A scaled by --a-scale)")
     ap.add_argument("--a-scale", type=float, default=0.01)
     ap.add_argument("--decay", choices=("all", "official"), default="all",
                     help="official: A_log, D and dt_bias without weight decay (all: every parameter, as before)")
@@ -126,7 +148,7 @@ def main(argv=None) -> dict:
                     "families": {}}
     attn_layers = [int(x) for x in args.attn_layers.split(",") if x != ""]
     for family in args.families.split(","):
-        model = build(family, args.vocab, args.d_model, args.layers, attn_layers, args.seed)
+        model = build(family, args.vocab, args.d_model, args.layers, attn_layers, args.seed, args.d_state)
         mimetic = 0
         if args.init == "mimetic" and family != "attention":
             from deltalens.codelm.mimetic import mimetic_init_

@@ -145,6 +145,36 @@ code-lm-hybrid-attnfirst-plain: $(CODELM_HYAP) ## optional: the attention-first 
 code-lm-hybrid-attnfirst-warm: $(CODELM_HYAW) ## optional: the attention-first hybrid, stage 1: from scratch on repeated random spans (~27 min)
 code-lm-hybrid-attnfirst: $(CODELM_HYA) ## optional: the attention-first hybrid, stage 2: the prompt curriculum (~25 min; continues stage 1)
 
+# the pure Mamba-2 with mimetic initialisation (issue 22, item 3): the attention-first hybrid's two stages on a pure
+# Mamba-2 (state 128) whose mixers start close to linear attention (model.init: mimetic); one CPU thread
+CODELM_M2MW_PARAMS := params/codelm/mamba2-mimetic-warm.yaml
+CODELM_M2MW_DIR    := data/models/code-lm-mamba2-mimetic-warm
+CODELM_M2MW        := $(CODELM_M2MW_DIR)/config.json
+CODELM_M2M_PARAMS  := params/codelm/mamba2-mimetic.yaml
+CODELM_M2M_DIR     := data/models/code-lm-mamba2-mimetic
+CODELM_M2M         := $(CODELM_M2M_DIR)/config.json
+
+.PHONY: code-lm-mamba2-mimetic-warm code-lm-mamba2-mimetic
+
+$(CODELM_M2MW): $(CODELM_M2MW_PARAMS) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_M2MW_PARAMS) --out $(CODELM_M2MW_DIR)
+
+$(CODELM_M2M): $(CODELM_M2M_PARAMS) $(CODELM_M2MW) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_M2M_PARAMS) --out $(CODELM_M2M_DIR)
+
+CODELM_M2MP_PARAMS := params/codelm/mamba2-mimetic-plain.yaml
+CODELM_M2MP_DIR    := data/models/code-lm-mamba2-mimetic-plain
+CODELM_M2MP        := $(CODELM_M2MP_DIR)/config.json
+
+.PHONY: code-lm-mamba2-mimetic-plain
+
+$(CODELM_M2MP): $(CODELM_M2MP_PARAMS) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_M2MP_PARAMS) --out $(CODELM_M2MP_DIR)
+
+code-lm-mamba2-mimetic-plain: $(CODELM_M2MP) ## optional: the pure mimetic Mamba-2's context-blind ablation (plain code windows)
+code-lm-mamba2-mimetic-warm: $(CODELM_M2MW) ## optional: pure Mamba-2, mimetic init, stage 1: from scratch on repeated random spans
+code-lm-mamba2-mimetic: $(CODELM_M2M) ## optional: pure Mamba-2, mimetic init, stage 2: the prompt curriculum (continues stage 1)
+
 # (after CODELM_HYAP's definition: prerequisites expand when make reads the rule)
 code-lm-default: $(CODELM_DEFAULT) $(CODELM_HYAP) ## the default local LM: the committed checkpoint, hash-checked; its ablation trained (CPU)
 

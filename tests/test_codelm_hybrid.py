@@ -230,6 +230,14 @@ def test_the_induction_steps_bench_mimetic_init_and_official_decay_groups(tmp_pa
                       "--decay", "official", "--out", str(tmp_path / "m.json")])
     assert res["families"]["mamba2"]["mimetic_mixers"] == res["args"]["layers"] == 2
     assert res["families"]["attention"]["mimetic_mixers"] == 0       # no Mamba-2 mixer: left alone
+    res = bench.main(["--tiny", "--threads", "1", "--families", "mamba1", "--init", "mimetic", "--decay", "official",
+                      "--d-state", "4", "--out", str(tmp_path / "m1.json")])
+    m1 = res["families"]["mamba1"]                                     # the mambapy Mamba-1 LM, 2 mimetic mixers
+    assert m1["mimetic_mixers"] == 2 and [r["step"] for r in m1["curve"]] == [0, 2, 4]
+    assert abs(m1["curve"][0]["repeat_loss"] - res["chance"]) < 1.0
+    model = bench.build("mamba1", 64, 32, 2, [], 0, d_state=4)
+    assert {n.rsplit(".", 1)[-1] for p in bench.param_groups(model, "official")[1]["params"]
+            for n, q in model.named_parameters() if q is p} == {"A_log", "D"}   # mambapy: no dt_bias parameter
     model = bench.build("mamba2", 64, 32, 2, [], 0)
     groups = bench.param_groups(model, "official")
     no_decay = {id(p) for p in groups[1]["params"]}

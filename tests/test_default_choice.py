@@ -73,3 +73,24 @@ def test_the_committed_record_chose_the_default_model_of_make_all():
                                          for r in rec["candidates"] if r["gain_lo"] > 0)
     for name in ("code-lm", "code-lm-mamba2"):      # the pure-SSM families were candidates
         assert name in {r["run"] for r in rec["candidates"]}
+
+
+def test_an_earlier_record_s_rows_are_carried_over_only_when_they_match():
+    """--keep: a new family joins the choice without re-extracting the others; a record of another dataset, rule or
+    resample count is refused by name (its rows would not be what this run computes)."""
+    t = _table([{"run": "m1", "context_gain": 0.002, "gain_lo": -0.001, "gain_hi": 0.005, "name_accuracy_gain": 0.0},
+                {"run": "hy", "context_gain": 0.5, "gain_lo": 0.24, "gain_hi": 0.77, "name_accuracy_gain": 0.09}])
+    prev = json.loads(json.dumps(dc.record(t, {"m1": "data/models/m1", "hy": "models/hy"}, 10, 0, "d")))
+    kept, models = dc.kept_rows(prev, "d", 10, 0, rerun={"hy"})
+    assert kept["run"].tolist() == ["m1"] and models == {"m1": "data/models/m1"}
+    new = _table([{"run": "hy", "context_gain": 0.6, "gain_lo": 0.3, "gain_hi": 0.9, "name_accuracy_gain": 0.1},
+                  {"run": "m2m", "context_gain": 0.7, "gain_lo": 0.4, "gain_hi": 1.0, "name_accuracy_gain": 0.1}])
+    both = pd.concat([kept, new], ignore_index=True)
+    rec = dc.record(both, {**models, "hy": "models/hy", "m2m": "data/models/m2m"}, 10, 0, "d")
+    assert rec["chosen"] == "m2m" and [r["run"] for r in rec["candidates"]] == ["m1", "hy", "m2m"]
+    assert rec["candidates"][0] == {**prev["candidates"][0]}            # carried over unchanged
+    for args, field in ((("other", 10, 0), "dataset_dir"), (("d", 20, 0), "n_boot"), (("d", 10, 1), "seed")):
+        with pytest.raises(ValueError, match=f"earlier record's {field}"):
+            dc.kept_rows(prev, *args, rerun=set())
+    with pytest.raises(ValueError, match="earlier record's rule"):
+        dc.kept_rows({**prev, "rule": "best test gain"}, "d", 10, 0, rerun=set())

@@ -210,14 +210,21 @@ def test_cli_resumes_without_repeating_and_repeats_itself_byte_for_byte(study, t
             "--budget-tokens", "60", "--batch-size", "2", "--no-progress"]
     write_prompts(tmp_path / "all.jsonl", rows)
     assert cli_main(["--in", str(tmp_path / "all.jsonl"), "--out", str(tmp_path / "once.jsonl"), *args]) == 0
-    write_prompts(tmp_path / "part.jsonl", rows[:3])
-    assert cli_main(["--in", str(tmp_path / "part.jsonl"), "--out", str(tmp_path / "twice.jsonl"), *args]) == 0
-    with (tmp_path / "twice.jsonl").open("a") as f:  # an interrupted write of the next result
-        f.write('{"id": "half')
+    # an interrupted run: the first batch written, one line of the second (batches of 2: a partly written batch),
+    # half a line after it; the resumed run recomputes that batch whole and writes what is missing
+    lines = (tmp_path / "once.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "twice.jsonl").write_text("".join(lines[:3]) + '{"id": "half')
+    (tmp_path / "twice.jsonl.settings.json").write_bytes((tmp_path / "once.jsonl.settings.json").read_bytes())
     assert cli_main(["--in", str(tmp_path / "all.jsonl"), "--out", str(tmp_path / "twice.jsonl"), *args]) == 0
     assert (tmp_path / "twice.jsonl").read_bytes() == (tmp_path / "once.jsonl").read_bytes()
     out = [json.loads(line) for line in (tmp_path / "once.jsonl").read_text().splitlines()]
     assert [r["id"] for r in out] == [r["id"] for r in rows] and all(r["tokens_after"] <= 60 for r in out)
+    # started on another input (its first 3 prompts), resumed on the whole: every prompt once, in the input's order
+    write_prompts(tmp_path / "part.jsonl", rows[:3])
+    assert cli_main(["--in", str(tmp_path / "part.jsonl"), "--out", str(tmp_path / "thrice.jsonl"), *args]) == 0
+    assert cli_main(["--in", str(tmp_path / "all.jsonl"), "--out", str(tmp_path / "thrice.jsonl"), *args]) == 0
+    again = [json.loads(line) for line in (tmp_path / "thrice.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in again] == [r["id"] for r in rows] and all(r["tokens_after"] <= 60 for r in again)
     assert "seconds" not in out[0]
     # another filter into the same file is refused, naming what differs; the file is left as it was
     before = (tmp_path / "once.jsonl").read_bytes()

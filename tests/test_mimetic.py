@@ -1,4 +1,6 @@
-"""Mimetic-style initialisation of Mamba-2 mixers (deltalens.codelm.mimetic): C = B after the convolution, slow decay."""
+"""Mimetic-style initialisation (deltalens.codelm.mimetic): Mamba-2 mixers get C = B after the convolution, Mamba-1
+mixers C = B out of x_proj, both a slow decay; ``model.init: mimetic`` applies it when the trainer builds a model from
+scratch, and leaves every older recipe's reuse key alone."""
 
 from __future__ import annotations
 
@@ -7,7 +9,11 @@ import math
 import pytest
 import torch
 import transformers
-from deltalens.codelm.mimetic import mimetic_init_
+from deltalens.codelm.mimetic import mamba1_split, mimetic_init_
+from deltalens.codelm.params import CodeLMParams, load_params
+from deltalens.core.params import ParameterError
+
+SMOKE = "params/codelm/smoke.yaml"
 
 
 def _mamba2():
@@ -44,7 +50,81 @@ def test_the_hybrid_s_mamba_layers_change_and_a_model_without_one_is_an_error():
     assert mimetic_init_(transformers.BambaForCausalLM(cfg)) == 2
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
                                                                     intermediate_size=64, num_attention_heads=2))
-    with pytest.raises(ValueError, match="no Mamba-2 mixer"):
+    with pytest.raises(ValueError, match="no Mamba-1 or Mamba-2 mixer"):
         mimetic_init_(llama)
     with pytest.raises(ValueError, match="a_scale"):
         mimetic_init_(_mamba2(), a_scale=math.inf)
+
+
+def _mamba1_models():
+    from deltalens.codelm.model import CodeLMConfig, build_lm
+
+    torch.manual_seed(0)
+    hf = transformers.MambaForCausalLM(transformers.MambaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                                                state_size=8))
+    return {"mambapy": build_lm(CodeLMConfig(d_model=32, n_layers=2, d_state=8), 64, 0), "transformers": hf.eval()}
+
+
+@pytest.mark.parametrize("kind", ["mambapy", "transformers"])
+def test_mamba1_c_equals_b_out_of_x_proj_and_the_decay_slows(kind):
+    model = _mamba1_models()[kind]
+    mixers = [m for m in model.modules() if mamba1_split(m) is not None]
+    assert len(mixers) == 2 and all(mamba1_split(m) == (2, 8) for m in mixers)   # dt_rank ceil(32 / 16), d_state
+    before = [(m.A_log.clone(), m.x_proj.weight.clone()) for m in mixers]
+    assert mimetic_init_(model, a_scale=0.05) == 2
+    for m, (a0, w0) in zip(mixers, before):
+        r, n = mamba1_split(m)
+        u = torch.randn(3, 5, m.x_proj.in_features)
+        dbc = m.x_proj(u)
+        torch.testing.assert_close(dbc[..., r:r + n], dbc[..., r + n:])        # C = B for every input
+        torch.testing.assert_close(torch.exp(m.A_log), 0.05 * torch.exp(a0))  # A = -exp(A_log) scaled
+        torch.testing.assert_close(m.x_proj.weight[:r + n], w0[:r + n])       # Δ's and B's rows untouched
+    ids = torch.randint(0, 64, (1, 12))
+    with torch.no_grad():
+        out = model(ids)
+        assert torch.isfinite(out if torch.is_tensor(out) else out.logits).all()
+
+
+def test_model_init_mimetic_is_checked_and_keeps_older_keys():
+    assert "init" not in load_params(SMOKE).content_params()["model"]          # default: the key it always had
+    p = load_params(SMOKE, {"model.init": "mimetic"})
+    assert p.content_params()["model"]["init"] == "mimetic" and p.content_params()["model"]["mimetic_a_scale"] == 0.01
+    assert p.key("sha") != load_params(SMOKE).key("sha")
+    assert load_params(SMOKE, {"model.init": "mimetic", "model.mimetic_a_scale": 0.1}).key("sha") != p.key("sha")
+    for override, match in [({"model.init": "copy"}, r"init='copy' is not allowed; allowed: default, mimetic"),
+                            ({"model.init": "mimetic", "model.mimetic_a_scale": 2.0}, r"mimetic_a_scale=2.0"),
+                            ({"model.arch": "attention", "model.init": "mimetic"}, r"arch: attention has none")]:
+        with pytest.raises(ParameterError, match=match):
+            load_params(SMOKE, override)
+
+
+@pytest.mark.parametrize("arch", ["mamba1", "mamba2"])
+def test_the_trainer_builds_a_mimetic_model_from_scratch_only(arch, tmp_path):
+    from deltalens.codelm.train import build_model
+
+    over = {"model.arch": arch, **({"model.head_dim": 16, "model.chunk_size": 16} if arch == "mamba2" else {})}
+    plain = build_model(load_params(SMOKE, over), 64, None, {})
+    mim = build_model(load_params(SMOKE, {**over, "model.init": "mimetic"}), 64, None, {})
+    a_plain = [m.A_log for m in plain.modules() if hasattr(m, "A_log")]
+    a_mim = [m.A_log for m in mim.modules() if hasattr(m, "A_log")]
+    assert a_plain and all(torch.allclose(a - b, torch.full_like(a, math.log(0.01))) for a, b in zip(a_mim, a_plain))
+    if arch == "mamba2":    # continuing a saved model (init_from) loads its weights, with no mimetic change on top
+        saved = tmp_path / "saved"
+        plain.to_transformers().save_pretrained(saved)
+        cont = build_model(load_params(SMOKE, {**over, "model.init": "mimetic"}), 64, saved, {})
+        for a, b in zip([m.A_log for m in cont.modules() if hasattr(m, "A_log")], a_plain):
+            torch.testing.assert_close(a, b)
+
+
+def test_the_shipped_mimetic_recipes_are_the_attention_first_hybrid_s_but_the_model():
+    warm, stage2 = load_params("params/codelm/mamba2-mimetic-warm.yaml"), load_params("params/codelm/mamba2-mimetic.yaml")
+    assert warm.model == stage2.model and warm.model.arch == "mamba2" and warm.model.init == "mimetic"
+    assert warm.model.d_state >= 128 and stage2.init_from == warm.out and warm.init_from is None
+    for ours, theirs in ((warm, "params/codelm/hybrid-attnfirst-warm.yaml"), (stage2, "params/codelm/hybrid-attnfirst.yaml")):
+        a, b = ours.content_params(), load_params(theirs).content_params()
+        for c in (a, b):
+            c.pop("model"), c.pop("init_from", None), c["train"].pop("threads")
+        if ours is warm:   # stage 1 runs at the mimetic proxy's learning rate, for 1,200 steps
+            assert (a["train"].pop("lr"), a["train"].pop("max_steps")) == (3.0e-3, 1200)
+            b["train"].pop("lr"), b["train"].pop("max_steps")
+        assert a == b

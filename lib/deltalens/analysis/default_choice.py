@@ -4,7 +4,8 @@ Issue 22's bar is measured on the test split, so the model it is measured on mus
 candidate (one context-trained model per family: Mamba-1, Mamba-2, the hybrids) is extracted on the dev split, and
 the rule below picks one from their dev context gains. ``python -m deltalens.analysis.default_choice`` (``make
 choose-default``) writes the record (``docs/context_reading/default_choice.json``: rule, every candidate's dev row,
-the choice); notebook 04 shows it and stops when the model it analyses is not the recorded choice.
+the choice); notebook 04 shows it and stops when the model it analyses is not the recorded choice. ``--keep RECORD``
+adds a family to an existing record (``make choose-default-add ADD=<run>``): the other rows are carried over.
 
 Rule: the highest dev context gain (target-line loss without the chunks minus with them, nats/token) among the
 candidates whose project-clustered 95 % CI lies above zero; ties (equal to 3 decimals) go to the higher
@@ -69,6 +70,21 @@ def record(table: pd.DataFrame, models: dict[str, str], n_boot: int, seed: int, 
             "candidates": rows, "chosen": choose(table)}
 
 
+def kept_rows(previous: dict, dataset_dir: str, n_boot: int, seed: int, rerun: set[str]) -> tuple[pd.DataFrame, dict]:
+    """The candidate rows (and models) of an earlier record that are not among ``rerun``: to add a family to the
+    choice without retraining and re-extracting every other one. Only a record of the same rule, split, dataset and
+    resamples can be carried over (else a ValueError naming the field), since its rows must be what :func:`dev_table`
+    would compute again."""
+    for key, want in (("rule", RULE), ("split", "dev"), ("dataset_dir", dataset_dir), ("n_boot", n_boot),
+                      ("seed", seed)):
+        if previous.get(key) != want:
+            raise ValueError(f"--keep: the earlier record's {key} is {previous.get(key)!r}, this run's {want!r}: "
+                             "its rows cannot be carried over")
+    rows = [r for r in previous["candidates"] if r["run"] not in rerun]
+    table = pd.DataFrame([{k: r.get(k) for k in COLUMNS} for r in rows], columns=list(COLUMNS))
+    return table, {r["run"]: r.get("model") for r in rows}
+
+
 def check_model(rec: dict, model: str) -> str:
     """The recorded choice's name when ``model`` is its model (same folder name), else a ValueError that says which
     model the record chose: an analysis of a model that was not chosen on dev must say so, not pass as the default."""
@@ -110,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="the JSON record to write")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", default=None, metavar="RECORD",
+                    help="carry over the rows of this earlier record for the candidates not given again (same "
+                         "dataset, rule and resamples): add a family without re-extracting the others")
     args = ap.parse_args(argv)
     runs = {}
     for spec in args.candidate:
@@ -123,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         models = {name: run_model(d) for name, d in runs.items()}
         table = dev_table(load(args.dataset), runs, n_boot=args.n_boot, seed=args.seed)
+        if args.keep is not None:
+            kept, kept_models = kept_rows(json.loads(resolve(args.keep).read_text()), args.dataset, args.n_boot,
+                                          args.seed, set(runs))
+            table = pd.concat([kept, table], ignore_index=True) if len(kept) else table
+            models = {**kept_models, **models}
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

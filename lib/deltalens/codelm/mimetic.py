@@ -1,5 +1,6 @@
-"""Mimetic-style initialisation of Mamba-2 mixers (after Trockman et al., 2024, "Mimetic Initialization Helps State
-Space Models Learn to Recall"): start the SSM close to linear attention, so that copying is easier to learn.
+"""Mimetic-style initialisation of Mamba-1 and Mamba-2 mixers (after Trockman et al., 2024, "Mimetic Initialization
+Helps State Space Models Learn to Recall"): start the SSM close to linear attention, so that copying is easier to
+learn.
 
 A Mamba-2 head's output is a data-dependent attention over the past (SSD)::
 
@@ -13,10 +14,16 @@ Two changes make it mimic attention at initialisation:
 * **slow decay**: ``A_log`` is shifted by log(``a_scale``), i.e. A → ``a_scale`` · A, so exp(ΔA) ≈ 1 over the
   sequence: the attention does not fade with distance at the start (attention has no decay either).
 
+A Mamba-1 mixer has the same form with Δ, B and C per channel: ``x_proj`` maps the convolved input to [Δ (low
+rank) | B | C], so C = B is the copy of B's rows of ``x_proj`` (the convolution sits before it and is shared), and
+A (d_inner × d_state, ``A_log``) is scaled the same way.
+
 Everything else (Δ's bias, D, the gate, the output projection) keeps its default initialisation. Applies to every
 module with Mamba-2's layout — transformers' ``Mamba2Mixer`` and ``BambaMixer`` (``in_proj`` → [gate, x, B, C, dt],
-``conv1d`` over [x, B, C]) —; anything else is left alone and counted. Used by ``bench/bench_induction_steps.py
---init mimetic`` (issue 22: tried for the pure SSMs).
+``conv1d`` over [x, B, C]) — and with Mamba-1's — mambapy's ``MambaBlock`` and transformers' ``MambaMixer`` /
+``FalconMambaMixer`` (``x_proj`` → [Δ, B, C]) —; anything else is left alone. Used by ``model.init: mimetic`` in
+``params/codelm/*.yaml`` and by ``bench/bench_induction_steps.py --init mimetic`` (issue 22: tried for the pure
+SSMs).
 """
 
 from __future__ import annotations
@@ -32,14 +39,37 @@ def is_mamba2_mixer(m: nn.Module) -> bool:
                                         "ssm_state_size", "num_heads"))
 
 
+def mamba1_split(m: nn.Module) -> tuple[int, int] | None:
+    """(Δ rank, d_state) of a Mamba-1 mixer — mambapy's ``MambaBlock`` (``config.dt_rank``, ``config.d_state``) or
+    transformers' ``MambaMixer`` (``time_step_rank``, ``ssm_state_size``) —, None for anything else."""
+    if not all(hasattr(m, a) for a in ("x_proj", "dt_proj", "A_log")):
+        return None
+    if hasattr(m, "time_step_rank") and hasattr(m, "ssm_state_size"):
+        return int(m.time_step_rank), int(m.ssm_state_size)
+    cfg = getattr(m, "config", None)
+    if cfg is not None and hasattr(cfg, "dt_rank") and hasattr(cfg, "d_state"):
+        return int(cfg.dt_rank), int(cfg.d_state)
+    return None
+
+
 @torch.no_grad()
 def mimetic_init_(model: nn.Module, a_scale: float = 0.01) -> int:
-    """Apply the two changes above to every Mamba-2 mixer of ``model`` in place; returns how many mixers changed
-    (0: a ValueError, since the caller asked for an initialisation that did nothing)."""
+    """Apply the two changes above to every Mamba-1 / Mamba-2 mixer of ``model`` in place; returns how many mixers
+    changed (none: a ValueError, since the caller asked for an initialisation that did nothing)."""
     if not 0 < a_scale <= 1:
         raise ValueError(f"a_scale must be in (0, 1], got {a_scale}")
     n = 0
     for m in model.modules():
+        split = mamba1_split(m)
+        if split is not None:
+            r, n_state = split
+            # x_proj rows: [Δ: r | B: d_state | C: d_state]
+            m.x_proj.weight[r + n_state:r + 2 * n_state] = m.x_proj.weight[r:r + n_state]
+            if m.x_proj.bias is not None:
+                m.x_proj.bias[r + n_state:r + 2 * n_state] = m.x_proj.bias[r:r + n_state]
+            m.A_log += math.log(a_scale)
+            n += 1
+            continue
         if not is_mamba2_mixer(m):
             continue
         inner, g = m.intermediate_size, m.n_groups * m.ssm_state_size
@@ -56,5 +86,6 @@ def mimetic_init_(model: nn.Module, a_scale: float = 0.01) -> int:
         m.A_log += math.log(a_scale)
         n += 1
     if n == 0:
-        raise ValueError(f"mimetic_init_: {type(model).__name__} has no Mamba-2 mixer (in_proj, conv1d, A_log, ...)")
+        raise ValueError(f"mimetic_init_: {type(model).__name__} has no Mamba-1 or Mamba-2 mixer "
+                         "(x_proj / in_proj, conv1d, A_log, ...)")
     return n

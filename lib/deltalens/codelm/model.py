@@ -27,6 +27,7 @@ from ..core.params import ParameterError, check_float, check_int
 from ..synthetic.models import MambaLM
 
 ARCHS = ("mamba1", "mamba2", "hybrid", "attention")
+INITS = ("default", "mimetic")
 # Mamba-2 only (arch: mamba2 and the hybrid's Mamba-2 layers); None under mamba1, filled with these defaults
 MAMBA2_DEFAULTS = {"head_dim": 64, "n_groups": 1, "chunk_size": 256}
 MAMBA1_ONLY = ("dt_rank",)
@@ -57,6 +58,9 @@ class CodeLMConfig:
     attn_layers: tuple[int, ...] | None = None  # hybrid: indices of the attention layers (the rest are Mamba-2)
     n_attention_heads: int | None = None  # hybrid / attention: heads of each attention layer; default 4
     intermediate_size: int | None = None  # hybrid / attention: the MLP after every mixer / attention; default 512
+    init: str = "default"  # mimetic: every SSM mixer starts close to linear attention (C = B, A scaled by
+    # mimetic_a_scale; codelm/mimetic.py) — applied when a model is built from scratch (init_from loads weights over it)
+    mimetic_a_scale: float = 0.01
 
     def __post_init__(self) -> None:
         where = "model"
@@ -70,6 +74,14 @@ class CodeLMConfig:
             raise ParameterError(f"{where}: parameter tie_embeddings={self.tie_embeddings!r}; allowed: true or false")
         check_float("rms_norm_eps", self.rms_norm_eps, minimum=0, exclusive=True, where=where)
         check_float("init_std", self.init_std, minimum=0, exclusive=True, where=where)
+        if self.init not in INITS:
+            raise ParameterError(f"{where}: parameter init={self.init!r} is not allowed; allowed: {', '.join(INITS)}")
+        if self.init == "mimetic" and self.arch == "attention":
+            raise ParameterError(f"{where}: parameter init='mimetic' initialises SSM mixers; arch: attention has none")
+        check_float("mimetic_a_scale", self.mimetic_a_scale, minimum=0, exclusive=True, where=where)
+        if self.mimetic_a_scale > 1:
+            raise ParameterError(f"{where}: parameter mimetic_a_scale={self.mimetic_a_scale} is out of range; "
+                                 "allowed: (0, 1]")
         uses_attention = self.arch in ("hybrid", "attention")
         for name in ("attn_layers", *ATTENTION_DEFAULTS):
             if getattr(self, name) is not None and not uses_attention:
@@ -125,6 +137,9 @@ class CodeLMConfig:
         had before ``arch`` existed (so its checkpoints stay reusable); a Mamba-2 model has ``arch`` and its own
         parameters, without the Mamba-1-only ``dt_rank``."""
         d = asdict(self)
+        if self.init == "default":  # a model without mimetic init keeps the key it had before the option existed
+            d.pop("init")
+            d.pop("mimetic_a_scale")
         drop = {"mamba1": ("arch", *MAMBA2_DEFAULTS), "mamba2": MAMBA1_ONLY,
                 "hybrid": MAMBA1_ONLY, "attention": (*MAMBA1_ONLY, *SSM_ONLY, *MAMBA2_DEFAULTS)}[self.arch]
         if self.arch != "hybrid":

@@ -487,7 +487,8 @@ def training_record(params: CodeLMParams, key: str, corpus, tok: Tokenized, mode
 def build_model(params: CodeLMParams, vocab_size: int, init: Path | None, token_ids: dict[str, int]) -> nn.Module:
     """The model to train (``model.arch``): mamba1, a mambapy LM (converted to ``MambaForCausalLM`` at the end);
     mamba2 / hybrid / attention, transformers' ``Mamba2ForCausalLM`` / ``BambaForCausalLM`` / ``LlamaForCausalLM``
-    behind the same interface. Seeded; ``init``: continue that model."""
+    behind the same interface. Seeded; ``init``: continue that model; else ``model.init: mimetic`` starts every SSM
+    mixer close to linear attention (:func:`.mimetic.mimetic_init_`)."""
     if params.model.arch == "mamba2":
         from .mamba2 import build_mamba2_lm, load_mamba2_weights
 
@@ -507,6 +508,10 @@ def build_model(params: CodeLMParams, vocab_size: int, init: Path | None, token_
         from transformers import AutoModelForCausalLM
 
         loader(model, AutoModelForCausalLM.from_pretrained(init))
+    elif params.model.init == "mimetic":
+        from .mimetic import mimetic_init_
+
+        mimetic_init_(model, a_scale=params.model.mimetic_a_scale)
     return model
 
 

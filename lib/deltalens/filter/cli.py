@@ -10,8 +10,9 @@ JSONL file of results (:class:`~.context_filter.FilterResult`, one line per prom
 Every input line is checked before any model loads (the error names the file, line and field). A rerun resumes:
 prompts whose id is already in ``--out`` are skipped, and ``<out>.settings.json`` (the scorer's settings, the budget,
 the order) must match the rerun's, so one file never mixes two filters. Results are appended and flushed per batch;
-an interrupted last line (a kill mid-write) is cut off on resume, with a message. Output without ``--timing`` is a
-pure function of the input and the settings: the same input gives a byte-identical file.
+an interrupted last line (a kill mid-write) is cut off on resume, with a message. Batches are counted in the input
+file (a resumed run recomputes a partly written batch whole), so output without ``--timing`` is a pure function of
+the input and the settings: the same input, interrupted or not, gives a byte-identical file.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="LM scorers: cpu | cuda | cuda:N | auto (as extraction)")
     p.add_argument("--scan", choices=SCANS, help="LM scorers: the scan path (as extraction)")
     p.add_argument("--batch-tokens", type=_batch_tokens, help="LM scorers: padded tokens per forward, or auto")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch (results are appended per batch)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch, counted in the input file (results are appended per batch; a resumed "
+                        "run recomputes a partly written batch whole, so its output is byte-identical)")
     p.add_argument("--timing", action="store_true", help="record seconds per prompt (the output is then no longer "
                                                          "byte-identical across runs)")
     p.add_argument("--no-progress", action="store_true")
@@ -142,14 +144,22 @@ def run(a) -> int:
           f"({f.scorer.name}, {f.counter.unit})", file=sys.stderr)
     from tqdm.auto import tqdm
 
+    # Batches are a fixed partition of the INPUT (lines 1..b, b+1..2b, ...), not of what is left: a prompt's scores
+    # can differ in the last float bits with the other prompts of its forward (padding, kernel blocking), so a
+    # resumed run recomputes a partly finished batch whole and writes only its missing prompts — exactly what an
+    # uninterrupted run computes, hence byte-identical output.
     with out.open("a", encoding="utf-8") as fh, tqdm(total=len(todo), desc="filter", unit="prompt",
                                                        disable=a.no_progress) as bar:
-        for k in range(0, len(todo), a.batch_size):
-            batch = todo[k:k + a.batch_size]
+        for k in range(0, len(prompts), a.batch_size):
+            batch = prompts[k:k + a.batch_size]
+            pending = [p.id not in done for p in batch]
+            if not any(pending):
+                continue
             results = f.filter_many(batch, batch_size=len(batch), order=a.order, **budget)
-            fh.write("".join(json.dumps(r.to_dict(timing=a.timing), ensure_ascii=False) + "\n" for r in results))
+            fh.write("".join(json.dumps(r.to_dict(timing=a.timing), ensure_ascii=False) + "\n"
+                             for r, new in zip(results, pending) if new))
             fh.flush()
-            bar.update(len(batch))
+            bar.update(sum(pending))
     return 0
 
 
