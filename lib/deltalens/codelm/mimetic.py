@@ -52,6 +52,13 @@ def mamba1_split(m: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+def _copy_rows(layer: nn.Module, src: slice, dst: slice) -> None:
+    """Output rows (channels) ``dst`` of a Linear / Conv1d layer become a copy of rows ``src``, bias included."""
+    layer.weight[dst] = layer.weight[src]
+    if layer.bias is not None:
+        layer.bias[dst] = layer.bias[src]
+
+
 @torch.no_grad()
 def mimetic_init_(model: nn.Module, a_scale: float = 0.01) -> int:
     """Apply the two changes above to every Mamba-1 / Mamba-2 mixer of ``model`` in place; returns how many mixers
@@ -62,27 +69,15 @@ def mimetic_init_(model: nn.Module, a_scale: float = 0.01) -> int:
     for m in model.modules():
         split = mamba1_split(m)
         if split is not None:
-            r, n_state = split
-            # x_proj rows: [Δ: r | B: d_state | C: d_state]
-            m.x_proj.weight[r + n_state:r + 2 * n_state] = m.x_proj.weight[r:r + n_state]
-            if m.x_proj.bias is not None:
-                m.x_proj.bias[r + n_state:r + 2 * n_state] = m.x_proj.bias[r:r + n_state]
-            m.A_log += math.log(a_scale)
-            n += 1
+            r, s = split
+            _copy_rows(m.x_proj, slice(r, r + s), slice(r + s, r + 2 * s))  # x_proj rows: [Δ: r | B: s | C: s]
+        elif is_mamba2_mixer(m):
+            inner, g = m.intermediate_size, m.n_groups * m.ssm_state_size
+            # in_proj rows: [gate: inner | x: inner | B: g | C: g | dt: heads]; conv1d channels: [x: inner | B | C]
+            _copy_rows(m.in_proj, slice(2 * inner, 2 * inner + g), slice(2 * inner + g, 2 * inner + 2 * g))
+            _copy_rows(m.conv1d, slice(inner, inner + g), slice(inner + g, inner + 2 * g))
+        else:
             continue
-        if not is_mamba2_mixer(m):
-            continue
-        inner, g = m.intermediate_size, m.n_groups * m.ssm_state_size
-        # in_proj rows: [gate: inner | x: inner | B: g | C: g | dt: heads]
-        b_rows, c_rows = slice(2 * inner, 2 * inner + g), slice(2 * inner + g, 2 * inner + 2 * g)
-        m.in_proj.weight[c_rows] = m.in_proj.weight[b_rows]
-        if m.in_proj.bias is not None:
-            m.in_proj.bias[c_rows] = m.in_proj.bias[b_rows]
-        # conv1d channels: [x: inner | B: g | C: g]
-        b_ch, c_ch = slice(inner, inner + g), slice(inner + g, inner + 2 * g)
-        m.conv1d.weight[c_ch] = m.conv1d.weight[b_ch]
-        if m.conv1d.bias is not None:
-            m.conv1d.bias[c_ch] = m.conv1d.bias[b_ch]
         m.A_log += math.log(a_scale)
         n += 1
     if n == 0:

@@ -59,8 +59,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="LM scorers: cpu | cuda | cuda:N | auto (as extraction)")
     p.add_argument("--scan", choices=SCANS, help="LM scorers: the scan path (as extraction)")
     p.add_argument("--batch-tokens", type=_batch_tokens, help="LM scorers: padded tokens per forward, or auto")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch, counted in the input file (results are appended per batch; a resumed "
-                        "run recomputes a partly written batch whole, so its output is byte-identical)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="prompts per batch, counted in the input file (results are appended per batch; a resumed run "
+                        "recomputes a partly written batch whole, so its output is byte-identical)")
     p.add_argument("--timing", action="store_true", help="record seconds per prompt (the output is then no longer "
                                                          "byte-identical across runs)")
     p.add_argument("--no-progress", action="store_true")
