@@ -89,6 +89,7 @@ bench: bench-extract bench-dataset bench-gpu-tiny bench-filter | $(ENV_STAMP) ##
 	$(PY) bench/bench_time_to_target.py --out reports/bench/time_to_target.csv
 	$(PY) bench/bench_copy_diagnostics.py --cpu-tiny --out reports/bench/copy_diagnostics_tiny.json
 	$(PY) bench/bench_induction_steps.py --tiny --families attention,hybrid,mamba2 --out reports/bench/induction_steps_tiny.json
+	$(PY) bench/bench_recipe_steps.py --tiny --out reports/bench/recipe_steps_tiny.json
 
 bench-filter: $(CODELM_DEFAULT) $(CODELM_HYAP) $(DATASET_LOCAL) | $(ENV_STAMP) ## every filter scorer side by side: speed, forwards per prompt, when filtering pays
 	$(PY) bench/bench_filter.py --dataset $(DATASET_LOCAL_DIR) --out reports/bench/filter_speed.json

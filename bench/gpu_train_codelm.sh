@@ -17,6 +17,9 @@
 #   ablation (params/codelm/hybrid-attnfirst-plain.yaml), stage 1 from scratch on 64-token repeated random spans
 #   (params/codelm/hybrid-attnfirst-warm.yaml, WARM_STEPS; batch 64 x 4 BATCH / 16), stage 2 the prompt curriculum
 #   (params/codelm/hybrid-attnfirst.yaml, CONTEXT_STEPS)
+#   RECIPE=mimetic (families mamba1, mamba2; the default both): the pure SSMs with mimetic init, exactly as
+#   params/codelm/<family>-mimetic-plain.yaml / -mimetic-warm.yaml / -mimetic.yaml say (their own model, steps and
+#   batches: only train.device and the MINUTES guard change), so a checkpoint made here is the CPU recipe's function
 # Rehearsal here (CPU, tiny steps): TINY=1 OUT=/tmp/x PATH=.venv/bin:$PATH bash bench/gpu_train_codelm.sh hybrid
 # Every family is trained twice: its context-blind ablation (plain code windows) and, continuing it, the curriculum
 # run; the model shape is params/codelm/hybrid*.yaml's, changed per family by the overrides below. Steps and batch
@@ -31,7 +34,8 @@ case "$RECIPE" in
   curriculum) CONTEXT_PARAMS=params/codelm/hybrid.yaml ;;
   induction) CONTEXT_PARAMS=params/codelm/hybrid-induction.yaml ;;
   attnfirst) CONTEXT_PARAMS=params/codelm/hybrid-attnfirst.yaml; PLAIN_PARAMS=params/codelm/hybrid-attnfirst-plain.yaml ;;
-  *) echo "unknown RECIPE=$RECIPE (allowed: curriculum, induction, attnfirst)" >&2; exit 1 ;;
+  mimetic) CONTEXT_PARAMS=; PLAIN_PARAMS= ;;  # per family, below
+  *) echo "unknown RECIPE=$RECIPE (allowed: curriculum, induction, attnfirst, mimetic)" >&2; exit 1 ;;
 esac
 if [ -n "${TINY:-}" ]; then  # a rehearsal on the CPU: the same commands, two steps each
   device=cpu; PLAIN_STEPS=2; CONTEXT_STEPS=2; WARM_STEPS=2; BATCH=4; MINUTES=2
@@ -60,6 +64,39 @@ family_overrides() {  # the model section per family (the hybrid is the params f
 }
 
 families=("$@")
+if [ "$RECIPE" = mimetic ]; then
+  [ ${#families[@]} -eq 0 ] && families=(mamba1 mamba2)
+  mcommon="--set train.device=$device --set train.max_minutes=$MINUTES --no-progress"
+  # the rehearsal: two steps of four sequences per stage (the recipe itself otherwise)
+  [ -n "${TINY:-}" ] && mcommon="$mcommon --set train.max_steps=2 --set train.batch_size=4 --set train.micro_batch_size=4"
+  for f in "${families[@]}"; do
+    case "$f" in mamba1|mamba2) ;; *) echo "RECIPE=mimetic trains mamba1 / mamba2, not $f" >&2; exit 1 ;; esac
+    for stage in plain warm context; do
+      case "$stage" in
+        plain) params=params/codelm/$f-mimetic-plain.yaml; bundle=data/interim/codelm_bundle_plain
+               out="$OUT/code-lm-$f-mimetic-plain"; init="" ;;
+        warm) params=params/codelm/$f-mimetic-warm.yaml; bundle=data/interim/codelm_bundle_attnfirst_warm
+              out="$OUT/code-lm-$f-mimetic-warm"; init="" ;;
+        context) params=params/codelm/$f-mimetic.yaml; bundle=data/interim/codelm_bundle_context
+                 out="$OUT/code-lm-$f-mimetic"; init="--set init_from=$OUT/code-lm-$f-mimetic-warm" ;;
+      esac
+      # shellcheck disable=SC2086
+      python -m deltalens.codelm train -p "$params" --bundle "$bundle" --out "$out" $init $mcommon 2>&1 \
+        | tee "$OUT/$f-mimetic-$stage.log" | tail -3
+      [ -f "$out/config.json" ] || echo "FAILED: $out was not trained (see $OUT/$f-mimetic-$stage.log)" | tee -a "$OUT/summary.txt"
+      [ -f "$out/training.json" ] && python - "$out" <<'EOF' | tee -a "$OUT/summary.txt"
+import json, sys
+m = json.load(open(sys.argv[1] + "/training.json"))
+g = (m.get("context") or {}).get("held_out_gain") or {}
+curve = [(r["step"], r.get("held_out_context_gain")) for r in m["curve"] if "held_out_context_gain" in r]
+print(sys.argv[1], m["model"]["architecture"], m["train"]["steps"], "steps", m["train"]["stopped_by"],
+      m["train"]["device_name"], f"{m['train']['seconds']:.0f} s", "held-out loss", round(m["held_out"]["loss"], 3),
+      "held-out context gain", g.get("context_gain"), "curve", curve)
+EOF
+    done
+  done
+  exit 0
+fi
 [ ${#families[@]} -eq 0 ] && families=(hybrid mamba2 mamba1)
 common="--set train.device=$device --set train.batch_size=$BATCH --set train.max_minutes=$MINUTES --set train.eval_every=500 --no-progress"
 # the attention-first recipes stack equal-length sequences into one forward: the whole batch at once

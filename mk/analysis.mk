@@ -59,6 +59,22 @@ $(ANALYSIS_M2M_HTML): $(ANALYSIS_M2M_NB)
 
 analysis-mamba2-mimetic: $(ANALYSIS_M2M_HTML) ## optional: notebook 04 on the pure mimetic Mamba-2 next to the default model -> reports/analysis-mamba2-mimetic/
 
+# ---- optional: the pure mimetic Mamba-1 next to the default model (issue 22; NOT in `make all`) -------------------------
+ANALYSIS_M1M_PARAMS := params/analysis/mamba1-mimetic.yaml
+ANALYSIS_M1M_NB     := $(EXECUTED)/04_analysis-mamba1-mimetic.ipynb
+ANALYSIS_M1M_HTML   := reports/analysis-mamba1-mimetic/04_analysis.html
+
+.PHONY: analysis-mamba1-mimetic
+
+$(ANALYSIS_M1M_NB): notebooks/04_analysis.ipynb $(ANALYSIS_M1M_PARAMS) $(EXTRACT_M1M_NBS) $(EXECUTED)/03_extract_delta/code-lm-hybrid-attnfirst_context_first.ipynb $(EXECUTED)/02_label_context.ipynb $(LABELS_LOCAL_NB) $(ANALYSIS_SRC) | $(ENV_STAMP)
+	@mkdir -p $(@D)
+	$(PAPERMILL) -f $(ANALYSIS_M1M_PARAMS) $< $@.tmp && mv $@.tmp $@
+
+$(ANALYSIS_M1M_HTML): $(ANALYSIS_M1M_NB)
+	$(VENV)/bin/jupyter nbconvert --to html --log-level WARN --output-dir $(@D) --output 04_analysis $<
+
+analysis-mamba1-mimetic: $(ANALYSIS_M1M_HTML) ## optional: notebook 04 on the pure mimetic Mamba-1 next to the default model -> reports/analysis-mamba1-mimetic/
+
 # ---- optional: the dev-split choice of the default model among the families (issue 22, item 4; NOT in `make all`) ----
 # Each family's context-trained model on the dev split (mk/extract.mk's dev extractions; trains the models that are
 # missing: ~45 min on 2 cores) and the default's own run; the rule is deltalens.analysis.default_choice's. Writes the

@@ -175,6 +175,34 @@ code-lm-mamba2-mimetic-plain: $(CODELM_M2MP) ## optional: the pure mimetic Mamba
 code-lm-mamba2-mimetic-warm: $(CODELM_M2MW) ## optional: pure Mamba-2, mimetic init, stage 1: from scratch on repeated random spans
 code-lm-mamba2-mimetic: $(CODELM_M2M) ## optional: pure Mamba-2, mimetic init, stage 2: the prompt curriculum (continues stage 1)
 
+# the pure Mamba-1 with mimetic initialisation (issue 22, item 3: Mamba-1 with a larger d_state): the same two stages
+# and ablation on the project's mambapy Mamba-1 (d_state 64). Hours on 2 CPU cores (README part 3): a lent GPU's recipe
+# (bench/gpu_train_codelm.sh RECIPE=mimetic), kept here so the CPU can retrain it with the same trainer
+CODELM_M1MW_PARAMS := params/codelm/mamba1-mimetic-warm.yaml
+CODELM_M1MW_DIR    := data/models/code-lm-mamba1-mimetic-warm
+CODELM_M1MW        := $(CODELM_M1MW_DIR)/config.json
+CODELM_M1M_PARAMS  := params/codelm/mamba1-mimetic.yaml
+CODELM_M1M_DIR     := data/models/code-lm-mamba1-mimetic
+CODELM_M1M         := $(CODELM_M1M_DIR)/config.json
+CODELM_M1MP_PARAMS := params/codelm/mamba1-mimetic-plain.yaml
+CODELM_M1MP_DIR    := data/models/code-lm-mamba1-mimetic-plain
+CODELM_M1MP        := $(CODELM_M1MP_DIR)/config.json
+
+.PHONY: code-lm-mamba1-mimetic-warm code-lm-mamba1-mimetic code-lm-mamba1-mimetic-plain
+
+$(CODELM_M1MW): $(CODELM_M1MW_PARAMS) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_M1MW_PARAMS) --out $(CODELM_M1MW_DIR)
+
+$(CODELM_M1M): $(CODELM_M1M_PARAMS) $(CODELM_M1MW) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_M1M_PARAMS) --out $(CODELM_M1M_DIR)
+
+$(CODELM_M1MP): $(CODELM_M1MP_PARAMS) $(CODELM_EXCLUDE) $(CODELM_SRC) | $(ENV_STAMP)
+	$(PY) -m deltalens.codelm train -p $(CODELM_M1MP_PARAMS) --out $(CODELM_M1MP_DIR)
+
+code-lm-mamba1-mimetic-plain: $(CODELM_M1MP) ## optional: the pure mimetic Mamba-1's context-blind ablation (plain code windows; hours on a CPU)
+code-lm-mamba1-mimetic-warm: $(CODELM_M1MW) ## optional: pure Mamba-1 (d_state 64), mimetic init, stage 1: repeated random spans (hours on a CPU)
+code-lm-mamba1-mimetic: $(CODELM_M1M) ## optional: pure Mamba-1, mimetic init, stage 2: the prompt curriculum (continues stage 1; hours on a CPU)
+
 # (after CODELM_HYAP's definition: prerequisites expand when make reads the rule)
 code-lm-default: $(CODELM_DEFAULT) $(CODELM_HYAP) ## the default local LM: the committed checkpoint, hash-checked; its ablation trained (CPU)
 

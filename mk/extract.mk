@@ -47,7 +47,7 @@ $(EXECUTED)/03_extract_delta/%.ipynb: notebooks/03_extract_delta.ipynb params/ex
 	@mkdir -p $(@D)
 	$(PAPERMILL) -f params/extract-optional/$*.yaml $< $@.tmp && mv $@.tmp $@
 
-.PHONY: extract-mamba1 extract-mamba2 extract-hybrid extract-hybrid-induction extract-hybrid-plain extract-mamba2-mimetic
+.PHONY: extract-mamba1 extract-mamba2 extract-hybrid extract-hybrid-induction extract-hybrid-plain extract-mamba2-mimetic extract-mamba1-mimetic
 
 # the Mamba-2 twin (make code-lm-mamba2; its notebook is also an input of mk/analysis.mk's optional analysis)
 EXTRACT_M2_NB := $(call OPTIONAL_NB,code-lm-mamba2_context_first)
@@ -73,6 +73,13 @@ $(call OPTIONAL_NB,code-lm-mamba2-mimetic_context_first): $(CODELM_M2M)
 $(call OPTIONAL_NB,code-lm-mamba2-mimetic-plain_context_first): $(CODELM_M2MP)
 extract-mamba2-mimetic: $(EXTRACT_M2M_NBS) ## optional: Δ per head from the pure mimetic Mamba-2 code LM (context first, leave-one-out on every test sample) and its ablation
 
+# the pure Mamba-1 with mimetic initialisation (make code-lm-mamba1-mimetic) and its ablation
+EXTRACT_M1M_NBS := $(call OPTIONAL_NB,code-lm-mamba1-mimetic_context_first) \
+                   $(call OPTIONAL_NB,code-lm-mamba1-mimetic-plain_context_first)
+$(call OPTIONAL_NB,code-lm-mamba1-mimetic_context_first): $(CODELM_M1M)
+$(call OPTIONAL_NB,code-lm-mamba1-mimetic-plain_context_first): $(CODELM_M1MP)
+extract-mamba1-mimetic: $(EXTRACT_M1M_NBS) ## optional: Δ from the pure mimetic Mamba-1 code LM (context first, leave-one-out on every test sample) and its ablation
+
 # the Mamba-1 code LM (make code-lm: the default until issue 22 round 4), both prompt orders, and its ablation
 EXTRACT_M1_NBS := $(call OPTIONAL_NB,code-lm_context_first) $(call OPTIONAL_NB,code-lm_query_first) \
                   $(call OPTIONAL_NB,code-lm-plain_context_first)
@@ -95,3 +102,4 @@ $(call DEV_NB,code-lm-mamba2_context_first): $(CODELM_M2)
 $(call DEV_NB,code-lm-hybrid_context_first): $(CODELM_HY)
 $(call DEV_NB,code-lm-hybrid-induction_context_first): $(CODELM_HYI)
 $(call DEV_NB,code-lm-mamba2-mimetic_context_first): $(CODELM_M2M)
+$(call DEV_NB,code-lm-mamba1-mimetic_context_first): $(CODELM_M1M)

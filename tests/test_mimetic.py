@@ -116,15 +116,55 @@ def test_the_trainer_builds_a_mimetic_model_from_scratch_only(arch, tmp_path):
             torch.testing.assert_close(a, b)
 
 
-def test_the_shipped_mimetic_recipes_are_the_attention_first_hybrid_s_but_the_model():
-    warm, stage2 = load_params("params/codelm/mamba2-mimetic-warm.yaml"), load_params("params/codelm/mamba2-mimetic.yaml")
-    assert warm.model == stage2.model and warm.model.arch == "mamba2" and warm.model.init == "mimetic"
-    assert warm.model.d_state >= 128 and stage2.init_from == warm.out and warm.init_from is None
-    for ours, theirs in ((warm, "params/codelm/hybrid-attnfirst-warm.yaml"), (stage2, "params/codelm/hybrid-attnfirst.yaml")):
+@pytest.mark.parametrize("family, min_state", [("mamba2", 128), ("mamba1", 64)])
+def test_the_shipped_mimetic_recipes_are_the_attention_first_hybrid_s_but_the_model(family, min_state):
+    warm = load_params(f"params/codelm/{family}-mimetic-warm.yaml")
+    stage2 = load_params(f"params/codelm/{family}-mimetic.yaml")
+    plain = load_params(f"params/codelm/{family}-mimetic-plain.yaml")
+    assert warm.model == stage2.model == plain.model and warm.model.arch == family and warm.model.init == "mimetic"
+    assert warm.model.d_state >= min_state and stage2.init_from == warm.out and warm.init_from is None is plain.init_from
+    for ours, theirs in ((warm, "params/codelm/hybrid-attnfirst-warm.yaml"), (stage2, "params/codelm/hybrid-attnfirst.yaml"),
+                         (plain, "params/codelm/hybrid-attnfirst-plain.yaml")):
         a, b = ours.content_params(), load_params(theirs).content_params()
         for c in (a, b):
             c.pop("model"), c.pop("init_from", None), c["train"].pop("threads")
+        # the time guard only: Mamba-1's mambapy scan is hours on a CPU, so its guard is wider (never the stop there)
+        assert a["train"].pop("max_minutes") >= b["train"].pop("max_minutes")
         if ours is warm:   # stage 1 runs at the mimetic proxy's learning rate, for 1,200 steps
             assert (a["train"].pop("lr"), a["train"].pop("max_steps")) == (3.0e-3, 1200)
             b["train"].pop("lr"), b["train"].pop("max_steps")
         assert a == b
+    if family == "mamba1":  # the same width and depth as the pure Mamba-2: the two pure SSMs differ in the mixer
+        m2 = load_params("params/codelm/mamba2-mimetic.yaml").model
+        assert (warm.model.d_model, warm.model.n_layers, warm.model.expand) == (m2.d_model, m2.n_layers, m2.expand)
+
+
+def test_the_recipe_step_bench_times_every_family_s_recipe_with_its_own_model(tmp_path):
+    """bench/bench_recipe_steps.py --tiny: one row per recipe, in the order given, each built by the trainer's
+    build_model (the family and init of its params file), its steps timed and finite, hours = s/step x max_steps."""
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "bench"))
+    import bench_recipe_steps as bench
+
+    files = ["params/codelm/mamba1-mimetic-warm.yaml", "params/codelm/mamba2-mimetic.yaml",
+             "params/codelm/hybrid-attnfirst.yaml"]
+    out = tmp_path / "steps.json"
+    res = bench.main(["--tiny", "--threads", "1", "--steps", "2", "--params", *files, "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    rows = res["recipes"]
+    assert [r["params_file"] for r in rows] == files and [r["arch"] for r in rows] == ["mamba1", "mamba2", "hybrid"]
+    assert [r["init"] for r in rows] == ["mimetic", "mimetic", "default"]
+    assert rows[0]["ratio_to_first"] is None and all(r["ratio_to_first"] > 0 for r in rows[1:])
+    for r, f in zip(rows, files):
+        assert len(r["seconds_per_step_all"]) == 2 and r["seconds_per_step"] > 0
+        assert (r["batch_size"], r["seq_len"], r["d_model"]) == (2, 32, 16)          # --tiny's shapes
+        assert r["max_steps"] == load_params(f).train.max_steps                       # the recipe's own run length
+        assert r["hours_for_max_steps"] == pytest.approx(r["seconds_per_step"] * r["max_steps"] / 3600)
+    assert rows[0]["d_state"] == load_params(files[0]).model.d_state == 64         # the recipe's state, kept
+    assert all(r["recorded_training_json"] is None for r in rows)                 # a tiny model is not the recipe's
+    with pytest.raises(SystemExit):
+        bench.main(["--tiny", "--params", "params/codelm/no-such-recipe.yaml", "--out", str(out)])
