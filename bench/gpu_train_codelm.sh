@@ -63,6 +63,21 @@ family_overrides() {  # the model section per family (the hybrid is the params f
   esac
 }
 
+trained() {  # a stage that failed is said loudly in the summary (the next stages still run)
+  [ -f "$1/config.json" ] || echo "FAILED: $1 was not trained (see $2)" | tee -a "$OUT/summary.txt"
+}
+summarize() {  # a trained model's line in the summary: steps, stop, device, held-out loss and context gain, curve
+  [ -f "$1/training.json" ] || return 0
+  python - "$1" <<'EOF' | tee -a "$OUT/summary.txt"
+import json, sys
+m = json.load(open(sys.argv[1] + "/training.json"))
+g = (m.get("context") or {}).get("held_out_gain") or {}
+curve = [(r["step"], r.get("held_out_context_gain")) for r in m["curve"] if "held_out_context_gain" in r]
+print(sys.argv[1], m["model"]["architecture"], m["train"]["steps"], "steps", m["train"]["stopped_by"],
+      m["train"]["device_name"], f"{m['train']['seconds']:.0f} s", "held-out loss", round(m["held_out"]["loss"], 3),
+      "held-out context gain", g.get("context_gain"), "curve", curve)
+EOF
+}
 families=("$@")
 if [ "$RECIPE" = mimetic ]; then
   [ ${#families[@]} -eq 0 ] && families=(mamba1 mamba2)
@@ -83,16 +98,8 @@ if [ "$RECIPE" = mimetic ]; then
       # shellcheck disable=SC2086
       python -m deltalens.codelm train -p "$params" --bundle "$bundle" --out "$out" $init $mcommon 2>&1 \
         | tee "$OUT/$f-mimetic-$stage.log" | tail -3
-      [ -f "$out/config.json" ] || echo "FAILED: $out was not trained (see $OUT/$f-mimetic-$stage.log)" | tee -a "$OUT/summary.txt"
-      [ -f "$out/training.json" ] && python - "$out" <<'EOF' | tee -a "$OUT/summary.txt"
-import json, sys
-m = json.load(open(sys.argv[1] + "/training.json"))
-g = (m.get("context") or {}).get("held_out_gain") or {}
-curve = [(r["step"], r.get("held_out_context_gain")) for r in m["curve"] if "held_out_context_gain" in r]
-print(sys.argv[1], m["model"]["architecture"], m["train"]["steps"], "steps", m["train"]["stopped_by"],
-      m["train"]["device_name"], f"{m['train']['seconds']:.0f} s", "held-out loss", round(m["held_out"]["loss"], 3),
-      "held-out context gain", g.get("context_gain"), "curve", curve)
-EOF
+      trained "$out" "$OUT/$f-mimetic-$stage.log"
+      summarize "$out"
     done
   done
   exit 0
@@ -101,9 +108,6 @@ fi
 common="--set train.device=$device --set train.batch_size=$BATCH --set train.max_minutes=$MINUTES --set train.eval_every=500 --no-progress"
 # the attention-first recipes stack equal-length sequences into one forward: the whole batch at once
 [ "$RECIPE" = attnfirst ] && common="$common --set train.micro_batch_size=$BATCH"
-trained() {  # a stage that failed is said loudly in the summary (the next stages still run)
-  [ -f "$1/config.json" ] || echo "FAILED: $1 was not trained (see $2)" | tee -a "$OUT/summary.txt"
-}
 for f in "${families[@]}"; do
   over=$(family_overrides "$f") || exit 1
   plain="$OUT/code-lm-$f-plain"; ctx="$OUT/code-lm-$f"
@@ -133,13 +137,5 @@ for f in "${families[@]}"; do
     --out "$ctx" --set init_from="$start" $over $common --set train.max_steps=$CONTEXT_STEPS 2>&1 \
     | tee "$OUT/$f.log" | tail -3
   trained "$ctx" "$OUT/$f.log"
-  [ -f "$ctx/training.json" ] && python - "$ctx" <<'EOF' | tee -a "$OUT/summary.txt"
-import json, sys
-m = json.load(open(sys.argv[1] + "/training.json"))
-g = (m.get("context") or {}).get("held_out_gain") or {}
-curve = [(r["step"], r.get("held_out_context_gain")) for r in m["curve"] if "held_out_context_gain" in r]
-print(sys.argv[1], m["model"]["architecture"], m["train"]["steps"], "steps", m["train"]["stopped_by"],
-      m["train"]["device_name"], f"{m['train']['seconds']:.0f} s", "held-out context gain", g.get("context_gain"),
-      "curve", curve)
-EOF
+  summarize "$ctx"
 done
